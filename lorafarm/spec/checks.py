@@ -1,0 +1,66 @@
+"""Cross-field rules. Each rule runs when the sections it reads are valid on their own,
+so a bad ``lora.r`` does not hide a batch size that does not divide."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from .model import ResourcesSpec, TrainingSpec, ZeroSpec, DatasetSpec
+
+Problem = str
+
+
+def _batch_divides(t: TrainingSpec, r: ResourcesSpec) -> list[Problem]:
+    per_step = t.micro_batch_size * r.workers
+    if t.global_batch_size % per_step == 0:
+        return []
+    lower = max(per_step, t.global_batch_size // per_step * per_step)
+    return [
+        f"training.global_batch_size: {t.global_batch_size} is not divisible by training.micro_batch_size × "
+        f"resources.workers = {t.micro_batch_size} × {r.workers} = {per_step} — set global_batch_size to a "
+        f"multiple of {per_step} (e.g. {lower} or {lower + per_step}), or change micro_batch_size or workers"
+    ]
+
+
+def _steps_or_epochs(t: TrainingSpec) -> list[Problem]:
+    out = []
+    if t.max_steps is not None and t.epochs is not None:
+        out.append("training.epochs: both max_steps and epochs are set — keep exactly one of them")
+    if t.max_steps is not None and t.warmup_steps >= t.max_steps:
+        out.append(
+            f"training.warmup_steps: {t.warmup_steps} is not below max_steps {t.max_steps} — "
+            "use fewer warm-up steps than training steps"
+        )
+    if t.eval_every_steps and t.max_steps is not None and t.eval_every_steps > t.max_steps:
+        out.append(
+            f"training.eval_every_steps: {t.eval_every_steps} exceeds max_steps {t.max_steps} — "
+            "use 0 to evaluate only at the end, or a smaller interval"
+        )
+    return out
+
+
+def _precision_device(z: ZeroSpec, r: ResourcesSpec) -> list[Problem]:
+    if z.precision in ("bf16", "fp16") and r.gpus_per_worker == 0:
+        return [
+            f"zero.precision: {z.precision} needs GPUs but resources.gpus_per_worker is 0 — use "
+            "precision fp32 or auto on CPU, or give each worker a GPU"
+        ]
+    return []
+
+
+def _eval_source(d: DatasetSpec) -> list[Problem]:
+    if d.eval_uri and d.eval_fraction > 0:
+        return [
+            "dataset.eval_fraction: set together with dataset.eval_uri — use one eval source: "
+            "remove eval_fraction or eval_uri"
+        ]
+    return []
+
+
+# (sections read, rule)
+RULES: list[tuple[tuple[str, ...], Callable[..., list[Problem]]]] = [
+    (("training", "resources"), _batch_divides),
+    (("training",), _steps_or_epochs),
+    (("zero", "resources"), _precision_device),
+    (("dataset",), _eval_source),
+]

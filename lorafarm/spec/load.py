@@ -1,0 +1,210 @@
+"""Load a spec from YAML plus ``--set`` overrides, and turn every problem into one line:
+``field.path: what is wrong — how to fix``."""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from ..errors import SpecError
+from .checks import RULES
+from .model import NAME_RULE, SECTIONS, JobSpec
+
+
+def parse_overrides(pairs: list[str] | None) -> list[tuple[str, Any]]:
+    """``["training.max_steps=20"]`` → ``[("training.max_steps", 20)]``; values are YAML scalars."""
+    out, problems = [], []
+    for pair in pairs or []:
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
+            problems.append(f"--set {pair!r}: not of the form dotted.path=value — write e.g. --set training.max_steps=20")
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError:
+            value = raw
+        out.append((key, value))
+    if problems:
+        raise SpecError(problems)
+    return out
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> dict[str, Any]:
+    problems = []
+    for key, value in overrides:
+        node = raw
+        parts = key.split(".")
+        for i, part in enumerate(parts[:-1]):
+            child = node.get(part)
+            if child is None:
+                child = node[part] = {}
+            if not isinstance(child, dict):
+                problems.append(
+                    f"{'.'.join(parts[: i + 1])}: is a value, not a section, so --set {key} cannot apply — "
+                    f"set {'.'.join(parts[: i + 1])} itself"
+                )
+                break
+            node = child
+        else:
+            node[parts[-1]] = value
+    if problems:
+        raise SpecError(problems)
+    return raw
+
+
+def load_raw(source: str | Path) -> dict[str, Any]:
+    path = Path(source)
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        raise SpecError([f"{source}: spec file not found — check the path"]) from None
+    except OSError as e:
+        raise SpecError([f"{source}: cannot read the spec ({e.strerror}) — check the path and permissions"]) from None
+    return parse_yaml(text, str(source))
+
+
+def parse_yaml(text: str, where: str = "spec") -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise SpecError([f"{where}: YAML syntax error{at} ({problem}) — fix the YAML"]) from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise SpecError([f"{where}: the spec must be a YAML mapping of fields, got {type(raw).__name__} — see `lorafarm schema`"])
+    return raw
+
+
+def load_spec(source: str | Path, overrides: list[str] | None = None) -> JobSpec:
+    """Read, override and validate a spec file; raise :class:`SpecError` with every problem."""
+    raw = load_raw(source)
+    return validate_spec(apply_overrides(raw, parse_overrides(overrides)))
+
+
+def validate_spec(raw: dict[str, Any]) -> JobSpec:
+    problems: list[str] = []
+    spec: JobSpec | None = None
+    try:
+        spec = JobSpec.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(_describe(err, raw) for err in e.errors())
+    problems.extend(_cross_problems(raw, spec))
+    if problems:
+        raise SpecError(_dedupe(problems))
+    assert spec is not None
+    return spec
+
+
+def spec_digest(spec: JobSpec) -> str:
+    """sha256 of the canonical JSON of the validated spec (defaults included)."""
+    blob = json.dumps(spec.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def dump_yaml(spec: JobSpec) -> str:
+    return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
+
+
+def json_schema() -> dict[str, Any]:
+    return JobSpec.model_json_schema()
+
+
+# -- error messages -------------------------------------------------------------------------
+
+
+def _cross_problems(raw: dict[str, Any], spec: JobSpec | None) -> list[str]:
+    sections: dict[str, BaseModel] = {}
+    if spec is not None:
+        sections = {name: getattr(spec, name) for name in SECTIONS}
+    else:
+        for name, cls in SECTIONS.items():
+            value = raw.get(name, {}) if isinstance(raw, dict) else {}
+            try:
+                sections[name] = cls.model_validate(value if value is not None else {})
+            except ValidationError:
+                continue
+    out = []
+    for needs, rule in RULES:
+        if all(n in sections for n in needs):
+            out.extend(rule(*(sections[n] for n in needs)))
+    return out
+
+
+def _path(loc: tuple) -> str:
+    parts = []
+    for p in loc:
+        if isinstance(p, int):
+            parts.append(f"[{p}]")
+        elif p in ("list[str]", "literal['all-linear']", "str", "int", "float", "bool"):
+            continue  # union branch names pydantic puts in loc
+        else:
+            parts.append(("." if parts else "") + str(p))
+    return "".join(parts) or "spec"
+
+
+def _siblings(loc: tuple) -> list[str]:
+    model: type[BaseModel] = JobSpec
+    for p in loc[:-1]:
+        field = model.model_fields.get(str(p))
+        ann = getattr(field, "annotation", None) if field else None
+        if isinstance(ann, type) and issubclass(ann, BaseModel):
+            model = ann
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
+    loc = tuple(err["loc"])
+    path = _path(loc)
+    kind = err["type"]
+    ctx = err.get("ctx") or {}
+    got = err.get("input")
+    if kind == "extra_forbidden":
+        names = _siblings(loc)
+        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
+        hint = f"did you mean `{close[0]}`?" if close else f"known fields here: {', '.join(names)}"
+        return f"{path}: unknown field — {hint} (remove or rename it)"
+    if kind == "missing":
+        return f"{path}: required field is missing — add it (see `lorafarm schema`)"
+    if kind == "literal_error":
+        choices = ctx.get("expected", "")
+        return f"{path}: {got!r} is not allowed — use one of {choices}"
+    if kind == "string_pattern_mismatch":
+        return f"{path}: {got!r} is not a valid name — use {NAME_RULE}"
+    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        bound = {"greater_than": "> ", "greater_than_equal": ">= ", "less_than": "< ", "less_than_equal": "<= "}[kind]
+        limit = next(iter(ctx.values()), "")
+        return f"{path}: {got!r} is out of range — use a value {bound}{limit}"
+    if kind in ("string_too_short",):
+        return f"{path}: must not be empty — give a value"
+    if kind in ("model_type", "dict_type"):
+        return f"{path}: expected a section of fields, got {type(got).__name__} {got!r} — write it as a mapping (see `lorafarm schema`)"
+    if kind in ("int_parsing", "int_type", "int_from_float"):
+        return f"{path}: {got!r} is not an integer — write a whole number"
+    if kind in ("float_parsing", "float_type"):
+        return f"{path}: {got!r} is not a number — write a number such as 0.1"
+    if kind in ("bool_parsing", "bool_type"):
+        return f"{path}: {got!r} is not true/false — write true or false"
+    if kind in ("string_type",):
+        return f"{path}: expected text, got {type(got).__name__} {got!r} — quote the value"
+    if kind in ("list_type",):
+        return f"{path}: expected a list, got {got!r} — write a YAML list such as [q_proj, v_proj]"
+    return f"{path}: {err['msg']} — see `lorafarm schema` for the field's type"
+
+
+def _dedupe(lines: list[str]) -> list[str]:
+    seen: dict[str, None] = {}
+    for line in lines:
+        seen.setdefault(line, None)
+    return list(seen)

@@ -1,0 +1,128 @@
+"""The job spec schema: every field, its type, default and meaning, in one place.
+
+Field paths (``training.max_steps``) are public: docs, ``--set`` and error messages use them.
+Cross-field rules live in :mod:`lorafarm.spec.checks` so that they can run even when an
+unrelated field is invalid (every problem is reported at once).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
+NAME_RULE = "1-40 characters of lowercase letters, digits and '-', not starting with '-'"
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DatasetSpec(_Section):
+    uri: str = Field(
+        min_length=1,
+        description="Training data: a path, file:// or s3:// URI of one .jsonl/.json/.parquet file, "
+        "a directory of them, or a glob.",
+    )
+    format: Literal["text", "prompt_completion", "chat"] = Field(
+        "text",
+        description="text: loss on every token; prompt_completion: loss on the completion only; "
+        "chat: a list of {role, content} messages, loss on assistant turns only.",
+    )
+    text_column: str = Field("text", min_length=1, description="Column holding the text (format text).")
+    prompt_column: str = Field("prompt", min_length=1, description="Prompt column (prompt_completion).")
+    completion_column: str = Field(
+        "completion", min_length=1, description="Completion column (prompt_completion)."
+    )
+    messages_column: str = Field("messages", min_length=1, description="Messages column (chat).")
+    eval_fraction: float = Field(
+        0.0, ge=0.0, le=0.5, description="Seeded fraction of the data held out for eval loss (0 = none)."
+    )
+    eval_uri: str | None = Field(None, min_length=1, description="Separate eval data (same rules as uri).")
+    on_bad_rows: Literal["error", "skip"] = Field(
+        "error", description="error: stop at the first bad row (file, row, problem); skip: drop and count."
+    )
+
+
+class LoraSpec(_Section):
+    r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
+    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r.")
+    dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
+    target_modules: list[str] | Literal["all-linear"] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
+        description='Module names to adapt (suffix match, as PEFT), or "all-linear".',
+    )
+    use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
+    use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+
+class TrainingSpec(_Section):
+    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (or set epochs).")
+    epochs: float | None = Field(None, gt=0, description="Passes over the data (default 1 when max_steps unset).")
+    global_batch_size: int = Field(
+        8, ge=1, description="Sequences per optimizer step, whatever the worker count."
+    )
+    micro_batch_size: int = Field(2, ge=1, description="Sequences per forward pass on one worker.")
+    seq_len: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per sequence (longer ones are truncated).")
+    learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
+    min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor as a fraction of the peak.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
+    packing: bool = Field(False, description="Pack several examples per row (attention never crosses them).")
+    seed: int = Field(0, ge=0, description="Seeds data order, LoRA init and dropout.")
+    eval_every_steps: int = Field(0, ge=0, description="Eval loss every N steps (0 = only at the end).")
+
+
+class ZeroSpec(_Section):
+    stage: Literal[0, 1, 2, 3] = Field(
+        2, description="DeepSpeed ZeRO stage; 3 also partitions the frozen base (only worth it when it does not fit)."
+    )
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: fp32 on CPU, bf16 on GPU."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations in backward to save memory.")
+
+
+class ResourcesSpec(_Section):
+    workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (one DeepSpeed rank each).")
+    gpus_per_worker: float = Field(0, ge=0, le=16, description="GPUs per worker; 0 trains on CPU.")
+    cpus_per_worker: float = Field(1, gt=0, le=1024, description="Logical CPUs reserved per worker.")
+
+
+class JobSpec(_Section):
+    """One LoRA fine-tuning job."""
+
+    tenant: str = Field(pattern=NAME_PATTERN, description=f"Tenant name: {NAME_RULE}.")
+    name: str = Field(pattern=NAME_PATTERN, description=f"Job name: {NAME_RULE}.")
+    base_model: str = Field(
+        "tiny-llama",
+        min_length=1,
+        description="Built-in name (tiny-llama), local or s3:// Hugging Face directory, or a hub id "
+        "already in the local cache (nothing is downloaded at run time).",
+    )
+    dataset: DatasetSpec
+    lora: LoraSpec = Field(default_factory=LoraSpec)
+    training: TrainingSpec = Field(default_factory=TrainingSpec)
+    zero: ZeroSpec = Field(default_factory=ZeroSpec)
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec)
+
+    # Derived values the worker needs; they follow from the fields above.
+    def grad_accum_steps(self, workers: int | None = None) -> int:
+        w = workers or self.resources.workers
+        return self.training.global_batch_size // (self.training.micro_batch_size * w)
+
+    def resolved_precision(self) -> str:
+        if self.zero.precision != "auto":
+            return self.zero.precision
+        return "bf16" if self.resources.gpus_per_worker > 0 else "fp32"
+
+
+SECTIONS: dict[str, type[_Section]] = {
+    "dataset": DatasetSpec,
+    "lora": LoraSpec,
+    "training": TrainingSpec,
+    "zero": ZeroSpec,
+    "resources": ResourcesSpec,
+}

@@ -1,0 +1,38 @@
+"""Object storage: URIs to filesystems, the store layout, atomic publishing."""
+
+from .store import (
+    MANIFEST,
+    Store,
+    check_name,
+    default_store,
+    download_dir,
+    exists,
+    new_job_id,
+    publish_dir,
+    read_bytes,
+    read_manifest,
+    sha256_file,
+    write_bytes,
+)
+from .uri import filesystem, is_remote, join, normalize, s3_options, scheme_of
+
+__all__ = [
+    "MANIFEST",
+    "Store",
+    "check_name",
+    "default_store",
+    "download_dir",
+    "exists",
+    "filesystem",
+    "is_remote",
+    "join",
+    "new_job_id",
+    "normalize",
+    "publish_dir",
+    "read_bytes",
+    "read_manifest",
+    "s3_options",
+    "scheme_of",
+    "sha256_file",
+    "write_bytes",
+]

@@ -1,0 +1,181 @@
+"""The object-store layout and atomic publishing.
+
+``<root>/<tenant>/<job-id>/{spec.yaml, adapter/, checkpoints/}``. Readers treat an adapter
+as existing only when its manifest ``lorafarm.json`` exists and every file it lists matches
+its sha256, so writing files first and the manifest last is atomic for readers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import secrets
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..errors import StorageError
+from .uri import filesystem, is_remote, join, normalize
+
+MANIFEST = "lorafarm.json"
+NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
+DEFAULT_STORE_ENV = "LORAFARM_STORE"
+
+
+def default_store() -> str:
+    """``$LORAFARM_STORE``, else ``$XDG_DATA_HOME/lorafarm/store`` (``~/.local/share/lorafarm/store``)."""
+    env = os.environ.get(DEFAULT_STORE_ENV)
+    if env:
+        return normalize(env)
+    base = os.environ.get("XDG_DATA_HOME") or os.path.expanduser("~/.local/share")
+    return str(Path(base) / "lorafarm" / "store")
+
+
+def check_name(kind: str, value: str) -> str:
+    if not NAME_RE.match(value or ""):
+        raise StorageError(
+            f"{kind} {value!r} is not a valid name — use lowercase letters, digits and '-' (no '/', no '..')"
+        )
+    return value
+
+
+def new_job_id(name: str) -> str:
+    return f"{name}-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}-{secrets.token_hex(2)}"
+
+
+def sha256_file(fs, path: str) -> tuple[str, int]:
+    h = hashlib.sha256()
+    size = 0
+    with fs.open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+            size += len(chunk)
+    return h.hexdigest(), size
+
+
+@dataclass(frozen=True)
+class Store:
+    """A store root (local directory or ``s3://bucket/prefix``)."""
+
+    root: str
+
+    @classmethod
+    def open(cls, uri: str | None = None) -> Store:
+        return cls(normalize(uri or default_store()))
+
+    def job_uri(self, tenant: str, job_id: str) -> str:
+        return join(self.root, check_name("tenant", tenant), check_name("job id", job_id))
+
+    def adapter_uri(self, tenant: str, job_id: str) -> str:
+        return join(self.job_uri(tenant, job_id), "adapter")
+
+    def cache_uri(self, tenant: str, *parts: str) -> str:
+        return join(self.root, check_name("tenant", tenant), "_cache", *parts)
+
+    def find_job(self, job_id: str, tenant: str | None = None) -> str:
+        """The job directory of ``job_id`` (searching tenants when none is given)."""
+        check_name("job id", job_id)
+        fs, root = filesystem(self.root)
+        tenants = [tenant] if tenant else [p.rsplit("/", 1)[-1] for p in _ls_dirs(fs, root)]
+        for t in tenants:
+            if fs.exists(f"{root}/{t}/{job_id}"):
+                return self.job_uri(t, job_id)
+        raise StorageError(f"job {job_id!r} not found in store {self.root} — check the id with `lorafarm list`")
+
+
+def _ls_dirs(fs, path: str) -> list[str]:
+    try:
+        return [e["name"] for e in fs.ls(path, detail=True) if e["type"] == "directory"]
+    except FileNotFoundError:
+        return []
+
+
+def write_bytes(uri: str, data: bytes) -> None:
+    """Write one object; local files go through a temp file + rename (atomic)."""
+    fs, path = filesystem(uri)
+    if is_remote(uri):
+        with fs.open(path, "wb") as f:
+            f.write(data)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    tmp = f"{path}.tmp-{secrets.token_hex(4)}"
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def read_bytes(uri: str) -> bytes:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open(path, "rb") as f:
+            return f.read()
+    except FileNotFoundError:
+        raise StorageError(f"{uri}: not found") from None
+
+
+def exists(uri: str) -> bool:
+    fs, path = filesystem(uri)
+    return fs.exists(path)
+
+
+def publish_dir(local_dir: str | Path, dest_uri: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """Upload every file of ``local_dir``, check each against its local sha256, then write the
+    manifest (with ``files: {name: {sha256, size}}``) last. Returns the manifest written."""
+    fs, dest = filesystem(dest_uri)
+    local = Path(local_dir)
+    files: dict[str, dict[str, Any]] = {}
+    for f in sorted(p for p in local.iterdir() if p.is_file() and p.name != MANIFEST):
+        digest = hashlib.sha256(f.read_bytes()).hexdigest()
+        target = f"{dest}/{f.name}"
+        fs.makedirs(dest, exist_ok=True)
+        fs.put_file(str(f), target)
+        remote_digest, size = sha256_file(fs, target)
+        if remote_digest != digest:
+            raise StorageError(f"{dest_uri}/{f.name}: upload check failed (sha256 differs) — retry the job")
+        files[f.name] = {"sha256": digest, "size": size}
+    manifest = {**manifest, "files": files}
+    write_bytes(join(dest_uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
+    return manifest
+
+
+def read_manifest(adapter_uri: str, verify: bool = True) -> dict[str, Any]:
+    """The manifest of a published adapter; with ``verify`` every file's sha256 is checked.
+    An adapter without a manifest, or whose files do not match it, does not exist."""
+    uri = normalize(adapter_uri)
+    try:
+        manifest = json.loads(read_bytes(join(uri, MANIFEST)))
+    except StorageError:
+        raise StorageError(
+            f"{adapter_uri}: no adapter here (no {MANIFEST}: missing, or publishing did not finish) — "
+            "check the URI or the job's state"
+        ) from None
+    except json.JSONDecodeError:
+        raise StorageError(f"{adapter_uri}/{MANIFEST}: corrupt manifest — re-publish the adapter") from None
+    if verify:
+        fs, path = filesystem(uri)
+        problems = []
+        for name, meta in manifest.get("files", {}).items():
+            try:
+                digest, size = sha256_file(fs, f"{path}/{name}")
+            except FileNotFoundError:
+                problems.append(f"{name}: missing")
+                continue
+            if digest != meta["sha256"] or size != meta["size"]:
+                problems.append(f"{name}: sha256/size differ from the manifest")
+        if problems:
+            raise StorageError(f"{adapter_uri}: incomplete or corrupt adapter ({'; '.join(problems)}) — refusing it")
+    return manifest
+
+
+def download_dir(src_uri: str, dest: str | Path, names: list[str]) -> Path:
+    fs, src = filesystem(src_uri)
+    out = Path(dest)
+    out.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        fs.get_file(f"{src}/{name}", str(out / name))
+    return out

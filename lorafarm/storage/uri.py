@@ -1,0 +1,60 @@
+"""URIs (plain paths, ``file://``, ``s3://``) to fsspec filesystems.
+
+S3 credentials and endpoint come from the standard AWS variables, ``AWS_ENDPOINT_URL``
+included, so MinIO/Ceph work without extra flags.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import fsspec
+
+_SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+
+
+def scheme_of(uri: str) -> str:
+    m = _SCHEME.match(uri)
+    return m.group(1).lower() if m else "file"
+
+
+def is_remote(uri: str) -> bool:
+    return scheme_of(uri) != "file"
+
+
+def normalize(uri: str) -> str:
+    """Plain paths and ``file://`` become absolute local paths; others keep their scheme."""
+    s = scheme_of(uri)
+    if s == "file":
+        path = uri[len("file://") :] if uri.startswith("file://") else uri
+        return str(Path(os.path.expanduser(path)).resolve())
+    return uri.rstrip("/")
+
+
+def s3_options() -> dict:
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL")
+    opts: dict = {"client_kwargs": {}}
+    if endpoint:
+        opts["client_kwargs"]["endpoint_url"] = endpoint
+    opts["config_kwargs"] = {"retries": {"max_attempts": 5, "mode": "standard"}}
+    opts["skip_instance_cache"] = True
+    return opts
+
+
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """(filesystem, path within it) for ``uri``."""
+    s = scheme_of(uri)
+    if s == "file":
+        return fsspec.filesystem("file"), normalize(uri)
+    if s in ("s3", "s3a"):
+        fs = fsspec.filesystem("s3", **s3_options())
+        return fs, uri.split("://", 1)[1].rstrip("/")
+    fs, path = fsspec.core.url_to_fs(uri)
+    return fs, path
+
+
+def join(uri: str, *parts: str) -> str:
+    base = uri.rstrip("/")
+    return "/".join([base, *(p.strip("/") for p in parts if p)])
