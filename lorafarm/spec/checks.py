@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .model import ResourcesSpec, TrainingSpec, ZeroSpec, DatasetSpec
+from .model import DatasetSpec, ResourcesSpec, TrainingSpec, ZeroSpec
 
 Problem = str
 

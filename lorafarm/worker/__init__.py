@@ -1,0 +1,1 @@
+"""Workers: the per-rank training recipe and its launch on Ray Train."""

@@ -1,0 +1,345 @@
+"""The per-worker training recipe: one class that reads top to bottom.
+
+``LoraRecipe(config).run()`` = setup → train (with periodic eval) → export. Every rank runs
+it; rank 0 alone writes the adapter. What it raises: :class:`~lorafarm.errors.AdapterError`
+when the trained adapter fails verification, ``DataError`` for unusable data, anything from
+DeepSpeed/torch as is (the runner turns it into the job's failure reason).
+
+Loss normalisation: each optimizer step's loss is the mean over *all label tokens of the
+global batch*, whatever the worker count or micro batch. Every rank knows the global batch's
+label-token count from the tokenized table, scales its micro-batch token sums by it, and
+DeepSpeed's 1/accumulation and rank averaging then yield exactly that mean. So the same spec
+on 1, 2 or 4 workers takes the same optimizer steps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .. import __version__
+from ..spec import JobSpec, spec_digest
+
+
+@dataclass
+class WorkerConfig:
+    """Everything a worker needs, picklable (sent through Ray Train's loop config)."""
+
+    spec: dict[str, Any]
+    job_id: str
+    adapter_uri: str
+    job_uri: str
+    train_rows_uri: str
+    eval_rows_uri: str | None
+    data_stats: dict[str, Any]
+    dataset_fingerprint: str
+    progress: Any = None  # a ray.util.queue.Queue, or None
+    started_at: float = field(default_factory=time.time)
+
+
+class LoraRecipe:
+    """LoRA fine-tuning of a frozen base under DeepSpeed ZeRO, one instance per rank."""
+
+    def __init__(self, cfg: WorkerConfig, rank: int, world: int):
+        self.cfg = cfg
+        self.spec = JobSpec.model_validate(cfg.spec)
+        self.rank, self.world = rank, world
+        self.history: list[dict[str, Any]] = []
+
+    # ---------------------------------------------------------------- setup
+    def setup(self) -> None:
+        from ..data import load_rows
+        from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
+        from ..zero import build_engine
+
+        spec, t = self.spec, self.spec.training
+        torch.manual_seed(t.seed + self.rank)
+        self.precision = spec.resolved_precision()
+        self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
+        self.base_dir = resolve_base(spec.base_model)
+        self.base_digest = weights_digest(self.base_dir)
+        self.tokenizer = load_tokenizer(self.base_dir)
+        base = load_base(self.base_dir, dtype=self.dtype, gradient_checkpointing=spec.zero.gradient_checkpointing)
+        self.model = apply_lora(base, spec.lora, seed=t.seed)
+
+        self.train_rows = load_rows(self.cfg.train_rows_uri)
+        self.eval_rows = load_rows(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
+        self.n_labels = self.train_rows.column("n_labels").to_numpy()
+        self.steps_per_epoch = len(self.train_rows) // t.global_batch_size
+        if t.max_steps is not None:
+            self.total_steps = t.max_steps
+        else:
+            self.total_steps = max(1, math.ceil((t.epochs or 1.0) * self.steps_per_epoch))
+        self.accum = spec.grad_accum_steps(self.world)
+        self.engine, self.scheduler, self.ds_config = build_engine(self.model, spec, self.world, self.total_steps)
+        self.device = self.engine.device
+        self.pad_id = self.tokenizer.pad_token_id or 0
+
+    # ---------------------------------------------------------------- train
+    def train(self) -> None:
+        from ..data import global_batch, micro_batches, worker_slice
+        from ..zero import memory_report
+
+        t = self.spec.training
+        self.engine.train()
+        self.tokens_seen = 0
+        self.train_started = time.time()
+        self.last_eval: float | None = None
+        self.first_eval = self.evaluate() if self.eval_rows is not None else None
+        self.last_eval = self.first_eval
+        for step in range(self.total_steps):
+            t0 = time.perf_counter()
+            batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
+            label_tokens = int(self.n_labels[batch].sum())
+            mine = worker_slice(batch, self.rank, self.world)
+            loss_sum = torch.zeros((), dtype=torch.float64)
+            tokens = 0
+            for micro in micro_batches(mine, t.micro_batch_size):
+                inputs, n_tokens = self._collate(micro)
+                tokens += n_tokens
+                token_loss = self._token_loss_sum(inputs)
+                loss_sum += token_loss.detach().double().cpu()
+                scale = (self.world * self.accum) / max(label_tokens, 1)
+                self.engine.backward(token_loss * scale)
+                self.engine.step()
+            loss = self._all_sum(loss_sum) / max(label_tokens, 1)
+            step_tokens = int(self._all_sum(torch.tensor(float(tokens))))
+            self.tokens_seen += step_tokens
+            dt = time.perf_counter() - t0
+            record = {
+                "step": step + 1,
+                "total_steps": self.total_steps,
+                "loss": float(loss),
+                "lr": float(self.scheduler.get_last_lr()[0]) if self.scheduler else t.learning_rate,
+                "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
+                "step_time_s": dt,
+                "tokens_seen": self.tokens_seen,
+            }
+            if step == 0:
+                self.memory = self._memory_totals(memory_report(self.engine, self.model))
+                record.update({k: v for k, v in self.memory.items() if k != "frozen_with_grad"})
+            if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < self.total_steps:
+                record["eval_loss"] = self.last_eval = self.evaluate()
+            self._report(record)
+        if self.eval_rows is not None:
+            self.last_eval = self.evaluate()
+        self.final_train_loss = self.history[-1]["loss"] if self.history else None
+        self.train_seconds = time.time() - self.train_started
+
+    def _collate(self, indices) -> tuple[dict[str, torch.Tensor], int]:
+        """A device batch for these row indices, and its count of real (non-pad) tokens."""
+        from ..data import collate
+
+        rows = self.train_rows.take(list(map(int, indices))).to_pylist()
+        n_tokens = sum(len(r["input_ids"]) for r in rows)
+        return self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype)), n_tokens
+
+    def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _token_loss_sum(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Sum of per-token cross entropy over label tokens (labels are pre-shifted)."""
+        out = self.engine(
+            input_ids=inputs["input_ids"],
+            attention_mask=inputs["attention_mask"],
+            position_ids=inputs["position_ids"],
+            use_cache=False,
+        )
+        logits = out.logits.float()
+        return F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1), ignore_index=-100, reduction="sum"
+        )
+
+    def _all_sum(self, value: torch.Tensor) -> float:
+        import torch.distributed as dist
+
+        v = value.detach().to(torch.float64).reshape(1).clone()
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.all_reduce(v)
+        return float(v.item())
+
+    def _memory_totals(self, mine: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "trainable_params": mine["trainable_params"],
+            "total_params": mine["total_params"],
+            "optimizer_state_bytes": int(self._all_sum(torch.tensor(float(mine["optimizer_state_bytes"])))),
+            "optimizer_numel": int(self._all_sum(torch.tensor(float(mine["optimizer_numel"])))),
+            "frozen_with_grad": mine["frozen_with_grad"],
+        }
+
+    # ---------------------------------------------------------------- eval
+    @torch.no_grad()
+    def evaluate(self) -> float:
+        """Token-mean eval loss over the whole eval set, exact across ranks. Every rank runs
+        the same number of forwards (ZeRO-3 gathers parameters collectively)."""
+        from ..data import collate
+
+        assert self.eval_rows is not None
+        self.engine.eval()
+        n, m = len(self.eval_rows), self.spec.training.micro_batch_size
+        per_rank = math.ceil(n / self.world)
+        mine = list(range(self.rank * per_rank, min(n, (self.rank + 1) * per_rank)))
+        loss_sum, count = torch.zeros((), dtype=torch.float64), 0
+        for i in range(math.ceil(per_rank / m)):
+            idx = mine[i * m : (i + 1) * m]
+            if idx:
+                rows = self.eval_rows.take(idx).to_pylist()
+            else:  # keep the collective forward count equal; contributes no tokens
+                rows = [{**self.eval_rows.slice(0, 1).to_pylist()[0]}]
+                rows[0]["labels"] = [-100] * len(rows[0]["labels"])
+            inputs = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
+            loss_sum += self._token_loss_sum(inputs).double().cpu()
+            count += int((inputs["labels"] != -100).sum())
+        self.engine.train()
+        total = self._all_sum(torch.tensor(float(count)))
+        return self._all_sum(loss_sum) / max(total, 1.0)
+
+    # ---------------------------------------------------------------- export
+    def export(self) -> dict[str, Any] | None:
+        """Gather (collective), verify, reload-check and publish. Returns the manifest on rank 0."""
+        from ..adapter.export import gather_lora_state
+        from ..adapter.verify import expected_lora_modules, require, verify_state
+
+        state = gather_lora_state(self.engine.module)
+        probe = self._probe_batch()
+        self.engine.eval()
+        with torch.no_grad():
+            expected = self.engine(**probe, use_cache=False).logits.float().cpu()
+        if self.rank != 0:
+            return None
+        modules = expected_lora_modules(self.engine.module)
+        require(verify_state(state, modules, self.spec.lora.r, self.total_steps))
+        with tempfile.TemporaryDirectory(prefix="lorafarm-adapter-") as tmp:
+            from ..adapter.save import publish, save_peft
+
+            out = save_peft(Path(tmp), state, self.engine.module.peft_config["default"], self.spec.base_model)
+            require(self._reload_check(out, probe, expected))
+            return publish(out, self.cfg.adapter_uri, self._manifest())
+
+    def _probe_batch(self) -> dict[str, torch.Tensor]:
+        from ..data import collate
+
+        rows = self.train_rows.slice(0, min(2, len(self.train_rows))).to_pylist()
+        b = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
+        return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids")}
+
+    def _reload_check(self, adapter_dir: Path, probe, expected: torch.Tensor) -> list[str]:
+        """Load the saved files with ``PeftModel.from_pretrained`` on a fresh base: same logits."""
+        from peft import PeftModel
+
+        from ..adapter.verify import compare_logits
+        from ..model import load_base
+
+        fresh = load_base(self.base_dir, dtype=self.dtype).to(self.device)
+        reloaded = PeftModel.from_pretrained(fresh, str(adapter_dir)).eval()
+        with torch.no_grad():
+            actual = reloaded(**probe, use_cache=False).logits.float().cpu()
+        problem = compare_logits(expected, actual, self.precision)
+        del reloaded, fresh
+        return [problem] if problem else []
+
+    def _manifest(self) -> dict[str, Any]:
+        import deepspeed
+        import peft
+        import ray
+        import transformers
+
+        stats = self.cfg.data_stats
+        return {
+            "format": "lorafarm.adapter/v1",
+            "job_id": self.cfg.job_id,
+            "tenant": self.spec.tenant,
+            "name": self.spec.name,
+            "spec": self.spec.model_dump(mode="json"),
+            "spec_digest": spec_digest(self.spec),
+            "base_model": self.spec.base_model,
+            "base_weights_digest": self.base_digest,
+            "dataset_fingerprint": self.cfg.dataset_fingerprint,
+            "data": stats,
+            "chat": self.spec.dataset.format == "chat",
+            "metrics": {
+                "steps": self.total_steps,
+                "tokens_seen": self.tokens_seen,
+                "final_train_loss": self.final_train_loss,
+                "initial_eval_loss": self.first_eval,
+                "final_eval_loss": self.last_eval,
+                "trainable_params": self.memory["trainable_params"],
+                "total_params": self.memory["total_params"],
+                "optimizer_state_bytes": self.memory["optimizer_state_bytes"],
+                "train_seconds": self.train_seconds,
+                "wall_seconds": time.time() - self.cfg.started_at,
+            },
+            "world_size": self.world,
+            "zero_stage": self.spec.zero.stage,
+            "precision": self.precision,
+            "grad_accum_steps": self.accum,
+            "versions": {
+                "lorafarm": __version__,
+                "torch": torch.__version__,
+                "deepspeed": deepspeed.__version__,
+                "transformers": transformers.__version__,
+                "peft": peft.__version__,
+                "ray": ray.__version__,
+            },
+            "created_at": time.time(),
+        }
+
+    # ---------------------------------------------------------------- report
+    def _report(self, record: dict[str, Any]) -> None:
+        self.history.append(record)
+        if self.rank == 0 and self.cfg.progress is not None:
+            try:
+                self.cfg.progress.put_nowait({"kind": "step", **record})
+            except Exception:  # noqa: BLE001 - progress is best effort, training goes on
+                pass
+        try:
+            import ray.train
+
+            ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float)})
+        except RuntimeError:
+            pass  # not under Ray Train (direct call in tests)
+
+
+def distributed_env_from_ray() -> tuple[int, int]:
+    """Rank and world size from Ray Train; exported so DeepSpeed finds them."""
+    import ray.train
+
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    os.environ.setdefault("RANK", str(rank))
+    os.environ.setdefault("WORLD_SIZE", str(world))
+    os.environ.setdefault("LOCAL_RANK", str(ctx.get_local_rank()))
+    os.environ.setdefault("LOCAL_WORLD_SIZE", str(ctx.get_local_world_size()))
+    return rank, world
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train entry point: one recipe per rank."""
+    cfg: WorkerConfig = config["worker"]
+    rank, world = distributed_env_from_ray()
+    recipe = LoraRecipe(cfg, rank, world)
+    try:
+        recipe.setup()
+        recipe.train()
+        manifest = recipe.export()
+    except Exception as e:
+        if rank == 0 and cfg.progress is not None:
+            try:
+                cfg.progress.put_nowait({"kind": "error", "reason": f"{type(e).__name__}: {e}"})
+            except Exception:  # noqa: BLE001
+                pass
+        raise
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()
+    if rank == 0 and cfg.progress is not None and manifest is not None:
+        cfg.progress.put_nowait({"kind": "done", "manifest": manifest, "history": recipe.history})
