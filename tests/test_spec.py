@@ -170,3 +170,9 @@ def test_schema_command_prints_json_schema(capsys):
     assert main(["schema"]) == 0
     schema = json.loads(capsys.readouterr().out)
     assert "training" in schema["properties"] and "TrainingSpec" in schema["$defs"]
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_jobs_are_valid_specs(path):
+    spec = load_spec(path)
+    assert spec.tenant and spec.name

@@ -21,6 +21,8 @@ def run(args: argparse.Namespace, console: Console) -> int:
     spec = load_spec(args.spec, args.overrides)
     store = Store.open(args.store)
     ensure_ray()
+    if not args.json:
+        console.print(f"store: {store.root}", highlight=False)
     try:
         with JobProgress(console, enabled=not args.json) as progress:
             result = run_job(spec, store, on_progress=progress)

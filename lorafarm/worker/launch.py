@@ -62,7 +62,17 @@ def run_job(
     on_progress: ProgressFn | None = None,
     max_failures: int = 0,
 ) -> JobResult:
-    """Run ``spec`` to a published adapter. Raises :class:`JobFailed` with the reason."""
+    """Run ``spec`` to a published adapter. Raises :class:`JobFailed` with the reason for any
+    failure after the spec was accepted (data, model, workers, verification, storage)."""
+    try:
+        return _run_job(spec, store, job_id=job_id, on_progress=on_progress, max_failures=max_failures)
+    except JobFailed:
+        raise
+    except LorafarmError as e:
+        raise JobFailed(str(e)) from e
+
+
+def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -95,6 +105,7 @@ def run_job(
         dataset_fingerprint=prepared.fingerprint,
         progress=progress,
         started_at=started,
+        env=forwarded_env(),
     )
     r = spec.resources
     resources = {"CPU": r.cpus_per_worker}
@@ -169,3 +180,14 @@ def _reason(exc: BaseException | None) -> str | None:
         return str(exc)
     text = str(exc).strip().splitlines()
     return f"{type(exc).__name__}: {text[-1] if text else ''}"
+
+
+FORWARDED_ENV_PREFIXES = ("AWS_", "LORAFARM_", "HF_")
+
+
+def forwarded_env() -> dict[str, str]:
+    """Storage credentials/endpoints and lorafarm settings of the submitting process, so
+    workers reach the same store (a worker keeps any value its node already sets)."""
+    import os
+
+    return {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV_PREFIXES)}

@@ -43,6 +43,7 @@ class WorkerConfig:
     dataset_fingerprint: str
     progress: Any = None  # a ray.util.queue.Queue, or None
     started_at: float = field(default_factory=time.time)
+    env: dict[str, str] = field(default_factory=dict)  # forwarded from the submitter (storage access)
 
 
 class LoraRecipe:
@@ -324,6 +325,8 @@ def distributed_env_from_ray() -> tuple[int, int]:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train entry point: one recipe per rank."""
     cfg: WorkerConfig = config["worker"]
+    for key, value in cfg.env.items():
+        os.environ.setdefault(key, value)
     rank, world = distributed_env_from_ray()
     recipe = LoraRecipe(cfg, rank, world)
     try:
