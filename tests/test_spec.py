@@ -73,7 +73,8 @@ BAD_SPECS = [
     (_with("resources.workers", 0), "resources.workers", ">= 1"),
     (_with("resources.gpus_per_worker", -1), "resources.gpus_per_worker", ">= 0"),
     (_with("resources", 4), "resources", "mapping"),
-    ({**GOOD, "trust_remote_code": True}, "trust_remote_code", "remove"),
+    ({**GOOD, "trust_remote_cod": True}, "trust_remote_cod", "did you mean `trust_remote_code`"),
+    ({**GOOD, "priority": "High!"}, "priority", "lowercase"),
     (_with("dataset.eval_uri", "x.jsonl") | {"dataset": {**GOOD["dataset"], "eval_uri": "x.jsonl", "eval_fraction": 0.1}},
      "dataset.eval_fraction", "one eval source"),
 ]

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from rich.console import Console
 
-from ..errors import JobFailed, SpecError
+from ..errors import AdapterError, JobFailed, LorafarmError, SpecError
 from ..spec import json_schema, load_spec
 from ..storage import Store, is_remote, normalize
 from .main import EXIT_FAILED, EXIT_OK, EXIT_USAGE, emit_json
@@ -17,8 +17,9 @@ from .progress import JobProgress
 
 def run(args: argparse.Namespace, console: Console) -> int:
     from ..worker.launch import ensure_ray, run_job
+    from .paths import absolutize_local_paths
 
-    spec = load_spec(args.spec, args.overrides)
+    spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
     store = Store.open(args.store)
     ensure_ray()
     if not args.json:
@@ -66,9 +67,23 @@ def schema(args: argparse.Namespace, console: Console) -> int:
 
 
 def _adapter_source(args: argparse.Namespace) -> str:
+    """An adapter URI as given, or a job id: asked of the scheduler, else looked up in the store."""
     src = args.source
     if "://" in src or "/" in src or Path(src).exists():
         return normalize(src)
+    if not args.store and not args.tenant:
+        try:
+            from ..scheduler.client import call
+
+            summary = call("status", src)
+            if summary.get("adapter_uri"):
+                return summary["adapter_uri"]
+            raise AdapterError(f"job {src} is {summary['state']} and has no adapter — "
+                               "pull it after it succeeds (`lorafarm status " + src + "`)")
+        except AdapterError:
+            raise
+        except LorafarmError:
+            pass  # no scheduler reachable: fall back to the default store
     store = Store.open(args.store)
     return store.find_job(src, args.tenant) + "/adapter"
 

@@ -61,6 +61,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--base", help="base model directory (default: the manifest's base_model)")
     p.add_argument("--scale", type=float, default=1.0, help="adapter strength (multiplies alpha/r)")
 
+    p = sub.add_parser("serve", help="start the scheduler on the current Ray cluster (harmless if running)")
+    p.add_argument("--store", help="object store root (default $LORAFARM_STORE or ~/.local/share/lorafarm/store)")
+    p.add_argument("--tenants", help="tenants file (YAML): quotas, weights, priority classes")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--hang-timeout", type=float, default=1800.0, help="fail a job with no progress for this long (s)")
+    p.add_argument("--reserve-cpus", type=float, default=0.0, help="logical CPUs kept free for data tasks")
+    p.add_argument("--json", action="store_true")
+
+    p = sub.add_parser("submit", help="queue a job with the scheduler")
+    _add_spec_args(p)
+    p.add_argument("--wait", action="store_true", help="follow the job; exit 0/1/3 on succeeded/failed/cancelled")
+    p.add_argument("--json", action="store_true")
+
+    for name, help_text in [("status", "a job's state"), ("cancel", "cancel a job"), ("events", "a job's events")]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job")
+        p.add_argument("--json", action="store_true")
+        if name == "status":
+            p.add_argument("--watch", action="store_true", help="follow with a live progress bar")
+    p = sub.add_parser("logs", help="a job's log")
+    p.add_argument("job")
+    p.add_argument("--follow", "-f", action="store_true")
+    p = sub.add_parser("list", help="jobs, optionally by tenant and state")
+    p.add_argument("--tenant")
+    p.add_argument("--state")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("tenants", help="quota, usage, queued and running per tenant")
+    p.add_argument("--json", action="store_true")
+
     p = sub.add_parser("models", help="built-in models")
     msub = p.add_subparsers(dest="models_command", required=True, parser_class=_Parser)
     e = msub.add_parser("export", help="write a built-in model as a Hugging Face directory")
@@ -94,7 +123,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
-    from . import commands
+    from . import commands, service_cmds
 
     handler = {
         "run": commands.run,
@@ -103,6 +132,14 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         "pull": commands.pull,
         "merge": commands.merge,
         "models": commands.models,
+        "serve": service_cmds.serve,
+        "submit": service_cmds.submit,
+        "status": service_cmds.status,
+        "list": service_cmds.list_jobs,
+        "cancel": service_cmds.cancel,
+        "events": service_cmds.events,
+        "logs": service_cmds.logs,
+        "tenants": service_cmds.tenants,
     }[args.command]
     return handler(args, console)
 

@@ -118,22 +118,22 @@ def weights_digest(model_dir: Path) -> str:
     return digest
 
 
-def load_tokenizer(model_dir: Path):
+def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(model_dir))
+    tok = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=trust_remote_code)
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
     return tok
 
 
-def load_base(model_dir: Path, dtype=None, gradient_checkpointing: bool = False):
+def load_base(model_dir: Path, dtype=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
     """The frozen base model: every parameter has ``requires_grad=False``."""
     import torch
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype or torch.float32, attn_implementation="sdpa"
+        str(model_dir), dtype=dtype or torch.float32, attn_implementation="sdpa", trust_remote_code=trust_remote_code
     )
     model.requires_grad_(False)
     model.config.use_cache = False

@@ -102,6 +102,13 @@ class JobSpec(_Section):
         description="Built-in name (tiny-llama), local or s3:// Hugging Face directory, or a hub id "
         "already in the local cache (nothing is downloaded at run time).",
     )
+    priority: str | None = Field(
+        None, pattern=NAME_PATTERN, description="Priority class from the tenants file (default: its default class)."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Let transformers run the base model's own code; refused by the scheduler unless the "
+        "tenants file allows it for this tenant.",
+    )
     dataset: DatasetSpec
     lora: LoraSpec = Field(default_factory=LoraSpec)
     training: TrainingSpec = Field(default_factory=TrainingSpec)

@@ -67,8 +67,10 @@ class LoraRecipe:
         self.dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision, torch.float32)
         self.base_dir = resolve_base(spec.base_model)
         self.base_digest = weights_digest(self.base_dir)
-        self.tokenizer = load_tokenizer(self.base_dir)
-        base = load_base(self.base_dir, dtype=self.dtype, gradient_checkpointing=spec.zero.gradient_checkpointing)
+        trust = spec.trust_remote_code
+        self.tokenizer = load_tokenizer(self.base_dir, trust_remote_code=trust)
+        base = load_base(self.base_dir, dtype=self.dtype, gradient_checkpointing=spec.zero.gradient_checkpointing,
+                         trust_remote_code=trust)
         self.model = apply_lora(base, spec.lora, seed=t.seed)
 
         self.train_rows = load_rows(self.cfg.train_rows_uri)
@@ -239,7 +241,7 @@ class LoraRecipe:
         from ..adapter.verify import compare_logits
         from ..model import load_base
 
-        fresh = load_base(self.base_dir, dtype=self.dtype).to(self.device)
+        fresh = load_base(self.base_dir, dtype=self.dtype, trust_remote_code=self.spec.trust_remote_code).to(self.device)
         reloaded = PeftModel.from_pretrained(fresh, str(adapter_dir)).eval()
         with torch.no_grad():
             actual = reloaded(**probe, use_cache=False).logits.float().cpu()

@@ -1,0 +1,102 @@
+"""Job states and records: one ``str`` enum, typed events, one writer (the scheduler).
+
+A record never leaves a terminal state: :meth:`JobRecord.transition` refuses it.
+"""
+
+from __future__ import annotations
+
+import time
+from enum import StrEnum
+from typing import Any
+
+from pydantic import BaseModel, Field
+
+
+class JobState(StrEnum):
+    VALIDATING = "VALIDATING"
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLED = "CANCELLED"
+
+    def is_terminal(self) -> bool:
+        return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
+
+
+class EventKind(StrEnum):
+    SUBMITTED = "submitted"
+    STATE = "state"
+    STARTED = "started"
+    PROGRESS = "progress"
+    FAILURE = "failure"
+    RECOVERED = "recovered"
+    CANCEL_REQUESTED = "cancel_requested"
+
+
+class JobEvent(BaseModel):
+    time: float
+    state: JobState
+    kind: EventKind
+    message: str = ""
+    data: dict[str, Any] = Field(default_factory=dict)
+
+
+class IllegalTransition(RuntimeError):
+    pass
+
+
+class JobRecord(BaseModel):
+    """Everything the scheduler knows about one job; persisted as JSON in the store."""
+
+    job_id: str
+    tenant: str
+    name: str
+    spec: dict[str, Any]
+    priority: str = "normal"
+    workers: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    state: JobState = JobState.QUEUED
+    reason: str | None = None
+    adapter_uri: str | None = None
+    submitted_at: float = Field(default_factory=time.time)
+    started_at: float | None = None
+    ended_at: float | None = None
+    progress: dict[str, Any] = Field(default_factory=dict)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    attempts: int = 0
+    events: list[JobEvent] = Field(default_factory=list)
+
+    def transition(self, new: JobState, kind: EventKind = EventKind.STATE, message: str = "",
+                   now: float | None = None) -> None:
+        if self.state.is_terminal():
+            raise IllegalTransition(f"job {self.job_id} is {self.state.value}; terminal states never change")
+        now = time.time() if now is None else now
+        self.state = new
+        if new is JobState.RUNNING:
+            self.started_at = now
+        if new.is_terminal():
+            self.ended_at = now
+        self.events.append(JobEvent(time=now, state=new, kind=kind, message=message))
+
+    def note(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append(JobEvent(time=time.time(), state=self.state, kind=kind, message=message, data=data or {}))
+
+    def summary(self) -> dict[str, Any]:
+        """The ``status --json`` object."""
+        return {
+            "job_id": self.job_id,
+            "tenant": self.tenant,
+            "name": self.name,
+            "state": self.state.value,
+            "priority": self.priority,
+            "workers": self.workers,
+            "adapter_uri": self.adapter_uri,
+            "reason": self.reason,
+            "submitted_at": self.submitted_at,
+            "started_at": self.started_at,
+            "ended_at": self.ended_at,
+            "progress": self.progress,
+            "metrics": self.metrics,
+        }
