@@ -28,7 +28,9 @@ class Runner:
             return {"state": "FAILED", "reason": e.reason}
         except Exception as e:  # noqa: BLE001 - any failure ends this job only
             return {"state": "FAILED", "reason": f"{type(e).__name__}: {e}"}
-        return {"state": "SUCCEEDED", "adapter_uri": result.adapter_uri, "metrics": result.metrics}
+        files = (result.manifest or {}).get("files", {})
+        return {"state": "SUCCEEDED", "adapter_uri": result.adapter_uri, "metrics": result.metrics,
+                "adapter_bytes": sum(f["size"] for f in files.values())}
 
     def ping(self) -> bool:
         return True

@@ -17,6 +17,7 @@ from typing import Any
 import ray
 
 from ..errors import SpecError
+from ..metrics import Metrics
 from ..spec import validate_spec
 from ..storage import Store, join, write_bytes
 from .records import RecordStore
@@ -47,8 +48,9 @@ class SchedulerCore:
         self.runners: dict[str, tuple[Any, Any]] = {}  # job_id -> (actor, result ref)
         self.logs: dict[str, collections.deque[str]] = {}
         self.last_progress: dict[str, float] = {}
-        self.decisions = 0
-        self.decision_seconds = 0.0
+        self.metrics = Metrics()
+        self.tokens_reported: dict[str, float] = {}
+        self.last_tick = time.time()
         self.recover()
 
     # ---------------------------------------------------------------- recovery
@@ -150,6 +152,8 @@ class SchedulerCore:
                 ray.kill(runner[0], no_restart=True)
             record.transition(JobState.CANCELLED, message="cancelled by request" + (
                 "; workers stopped" if runner else ""))
+            duration = (record.ended_at - record.started_at) if record.started_at and record.ended_at else None
+            self.metrics.job_ended(record.tenant, job_id, "cancelled", duration, 0)
             record.reason = "cancelled"
             self._log(job_id, "cancelled")
             self._persist(record)
@@ -185,6 +189,10 @@ class SchedulerCore:
             self.last_progress[job_id] = time.time()
             kind = event.get("kind")
             if kind == "step":
+                seen = float(event.get("tokens_seen", 0))
+                delta = seen - self.tokens_reported.get(job_id, 0.0)
+                self.tokens_reported[job_id] = seen
+                self.metrics.step(record.tenant, job_id, event, delta if delta > 0 else seen)
                 record.progress = {k: event[k] for k in ("step", "total_steps", "loss", "lr", "tokens_per_s",
                                                          "step_time_s", "tokens_seen", "eval_loss") if k in event}
                 self._log(job_id, "step {step}/{total_steps} loss {loss:.4f} {tokens_per_s:.0f} tok/s".format(**event)
@@ -203,9 +211,43 @@ class SchedulerCore:
 
     # ---------------------------------------------------------------- loop
     def tick(self) -> None:
-        """Reap finished runners, fail hung ones, then admit what the policy says."""
+        """Reap finished runners, fail hung ones, admit what the policy says, update gauges."""
         self._reap()
         self._admit()
+        self._account()
+
+    def _account(self) -> None:
+        """Chargeback (resource-seconds held by running jobs) and the per-tenant gauges."""
+        now = time.time()
+        with self.lock:
+            dt, self.last_tick = now - self.last_tick, now
+            counts: dict[tuple[str, str], int] = collections.Counter(
+                (j.tenant, j.state.value) for j in self.jobs.values())
+            tenants = {j.tenant for j in self.jobs.values()} | set(self.tenants.tenant_names())
+            self.metrics.set_job_counts(counts, tenants)
+            oldest = {t: 0.0 for t in tenants}
+            for j in self.jobs.values():
+                if j.state is JobState.QUEUED:
+                    oldest[j.tenant] = max(oldest[j.tenant], now - j.submitted_at)
+            for tenant, age in oldest.items():
+                self.metrics.oldest_queued.labels(tenant).set(age)
+            usage: dict[str, dict[str, float]] = {t: {"workers": 0.0, "cpus": 0.0, "gpus": 0.0} for t in tenants}
+            for j in self.jobs.values():
+                if j.state is JobState.RUNNING:
+                    u = usage[j.tenant]
+                    u["workers"] += j.workers
+                    u["cpus"] += j.workers * j.cpus_per_worker
+                    u["gpus"] += j.workers * j.gpus_per_worker
+            for tenant, u in usage.items():
+                if u["gpus"]:
+                    self.metrics.gpu_seconds.labels(tenant).inc(u["gpus"] * dt)
+                if u["cpus"]:
+                    self.metrics.cpu_seconds.labels(tenant).inc(u["cpus"] * dt)
+                for resource, value in u.items():
+                    self.metrics.usage.labels(tenant, resource).set(value)
+                for resource, value in self.tenants.quota_dict(tenant).items():
+                    if isinstance(value, int | float) and resource in u:
+                        self.metrics.quota.labels(tenant, resource).set(value)
 
     def _reap(self) -> None:
         with self.lock:
@@ -234,6 +276,10 @@ class SchedulerCore:
             record.adapter_uri = outcome.get("adapter_uri")
             record.metrics = outcome.get("metrics") or {}
             record.transition(state, message=record.reason or f"adapter at {record.adapter_uri}")
+            duration = (record.ended_at - record.started_at) if record.started_at and record.ended_at else None
+            self.metrics.job_ended(record.tenant, job_id, state.value.lower(), duration,
+                                   int(outcome.get("adapter_bytes") or 0))
+            self.tokens_reported.pop(job_id, None)
             self._log(job_id, f"{state.value.lower()}" + (f": {record.reason}" if record.reason else ""))
             self._persist(record)
 
@@ -254,8 +300,8 @@ class SchedulerCore:
                 self.tenants,
                 now,
             )
-            self.decisions += 1
-            self.decision_seconds += time.perf_counter() - t0
+            self.metrics.decisions.inc()
+            self.metrics.decision_seconds.observe(time.perf_counter() - t0)
             for job_id in decision.start:
                 self._start(self.jobs[job_id])
 
@@ -267,6 +313,7 @@ class SchedulerCore:
         self.runners[record.job_id] = (runner, ref)
         self.last_progress[record.job_id] = time.time()
         record.attempts += 1
+        self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, time.time() - record.submitted_at))
         record.transition(JobState.RUNNING, EventKind.STARTED,
                           f"started with {record.workers} worker(s) (attempt {record.attempts})")
         self._log(record.job_id, f"started: {record.workers} worker(s)")
@@ -351,6 +398,8 @@ class Scheduler:
         handle = ray.get_runtime_context().current_actor
         self.core = SchedulerCore(store_uri, tenants_text, hang_timeout_s, reserve_cpus, self_handle=handle)
         self.metrics_port = metrics_port
+        if metrics_port is not None:
+            self.core.metrics.serve(metrics_port)
         self._stop = threading.Event()
         self._loop = threading.Thread(target=self._run, name="lorafarm-admission", daemon=True)
         self._loop.start()

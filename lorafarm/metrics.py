@@ -1,0 +1,95 @@
+"""Prometheus metrics of the scheduler (prefix ``lorafarm_``), one registry per scheduler.
+
+Label values come only from validated names (tenant, job id, state, outcome), and per-job
+series are removed when the job ends, so cardinality stays bounded by running jobs.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
+WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
+DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 259200)
+STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.up = Gauge("lorafarm_scheduler_up", "1 while the scheduler runs", registry=r)
+        self.jobs = Gauge("lorafarm_jobs", "Jobs by tenant and state", ["tenant", "state"], registry=r)
+        self.finished = Counter("lorafarm_jobs_finished_total", "Jobs ended, by outcome", ["tenant", "outcome"],
+                                registry=r)
+        self.queue_wait = Histogram("lorafarm_queue_wait_seconds", "Submit to start", ["tenant"],
+                                    buckets=WAIT_BUCKETS, registry=r)
+        self.duration = Histogram("lorafarm_job_duration_seconds", "Start to end, by outcome", ["tenant", "outcome"],
+                                  buckets=DURATION_BUCKETS, registry=r)
+        self.tokens = Counter("lorafarm_train_tokens_total", "Tokens trained", ["tenant"], registry=r)
+        self.train_loss = Gauge("lorafarm_train_loss", "Latest train loss of a running job", ["tenant", "job"],
+                                registry=r)
+        self.eval_loss = Gauge("lorafarm_eval_loss", "Latest eval loss of a running job", ["tenant", "job"],
+                               registry=r)
+        self.tokens_per_s = Gauge("lorafarm_job_tokens_per_second", "Throughput of a running job", ["tenant", "job"],
+                                  registry=r)
+        self.job_step = Gauge("lorafarm_job_step", "Optimizer step of a running job", ["tenant", "job"], registry=r)
+        self.step_seconds = Histogram("lorafarm_train_step_seconds", "Optimizer step time", ["tenant"],
+                                      buckets=STEP_BUCKETS, registry=r)
+        self.gpu_seconds = Counter("lorafarm_gpu_seconds_total", "GPU-seconds held by running jobs (chargeback)",
+                                   ["tenant"], registry=r)
+        self.cpu_seconds = Counter("lorafarm_cpu_seconds_total", "CPU-seconds held by running jobs (chargeback)",
+                                   ["tenant"], registry=r)
+        self.adapter_bytes = Counter("lorafarm_adapter_bytes_total", "Bytes of adapters published", ["tenant"],
+                                     registry=r)
+        self.worker_failures = Counter("lorafarm_worker_failures_total", "Worker/runner failures", ["tenant"],
+                                       registry=r)
+        self.oldest_queued = Gauge("lorafarm_queue_oldest_seconds", "Age of a tenant's oldest queued job",
+                                   ["tenant"], registry=r)
+        self.usage = Gauge("lorafarm_tenant_usage", "Resources held by a tenant's running jobs",
+                           ["tenant", "resource"], registry=r)
+        self.quota = Gauge("lorafarm_tenant_quota", "A tenant's quota", ["tenant", "resource"], registry=r)
+        self.decisions = Counter("lorafarm_scheduler_decisions_total", "Admission decisions made", registry=r)
+        self.decision_seconds = Histogram("lorafarm_scheduler_decision_seconds", "Time of one admission decision",
+                                          buckets=(1e-5, 1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1), registry=r)
+        self.up.set(1)
+        self._job_series: dict[str, str] = {}  # job -> tenant, for removal
+
+    def serve(self, port: int, addr: str = "0.0.0.0") -> None:
+        start_http_server(port, addr=addr, registry=self.registry)
+
+    def step(self, tenant: str, job: str, event: dict, tokens_delta: float) -> None:
+        self._job_series[job] = tenant
+        self.train_loss.labels(tenant, job).set(event["loss"])
+        self.job_step.labels(tenant, job).set(event["step"])
+        self.tokens_per_s.labels(tenant, job).set(event.get("tokens_per_s", 0.0))
+        if "eval_loss" in event:
+            self.eval_loss.labels(tenant, job).set(event["eval_loss"])
+        if tokens_delta > 0:
+            self.tokens.labels(tenant).inc(tokens_delta)
+        if "step_time_s" in event:
+            self.step_seconds.labels(tenant).observe(event["step_time_s"])
+
+    def job_ended(self, tenant: str, job: str, outcome: str, duration_s: float | None, adapter_bytes: int) -> None:
+        self.finished.labels(tenant, outcome).inc()
+        if duration_s is not None:
+            self.duration.labels(tenant, outcome).observe(duration_s)
+        if adapter_bytes:
+            self.adapter_bytes.labels(tenant).inc(adapter_bytes)
+        if outcome == "failed":
+            self.worker_failures.labels(tenant).inc()
+        self.drop_job(job)
+
+    def drop_job(self, job: str) -> None:
+        tenant = self._job_series.pop(job, None)
+        if tenant is None:
+            return
+        for gauge in (self.train_loss, self.eval_loss, self.tokens_per_s, self.job_step):
+            try:
+                gauge.remove(tenant, job)
+            except KeyError:
+                pass
+
+    def set_job_counts(self, counts: dict[tuple[str, str], int], tenants: set[str]) -> None:
+        for tenant in tenants:
+            for state in STATES:
+                self.jobs.labels(tenant, state).set(counts.get((tenant, state), 0))
