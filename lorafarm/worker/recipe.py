@@ -100,6 +100,7 @@ class LoraRecipe:
         self.last_eval = self.first_eval
         for step in range(self.total_steps):
             t0 = time.perf_counter()
+            lr = float(self.scheduler.get_last_lr()[0]) if self.scheduler else t.learning_rate
             batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
             label_tokens = int(self.n_labels[batch].sum())
             mine = worker_slice(batch, self.rank, self.world)
@@ -121,7 +122,7 @@ class LoraRecipe:
                 "step": step + 1,
                 "total_steps": self.total_steps,
                 "loss": float(loss),
-                "lr": float(self.scheduler.get_last_lr()[0]) if self.scheduler else t.learning_rate,
+                "lr": lr,
                 "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
                 "step_time_s": dt,
                 "tokens_seen": self.tokens_seen,
