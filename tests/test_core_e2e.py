@@ -146,7 +146,7 @@ def test_cli_run_json_and_pull(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "lorafarm.cli.main", "run", str(ROOT / "jobs/quickstart.yaml"), "--json",
          "--set", "training.max_steps=3", "--set", "training.eval_every_steps=0", "--set", "resources.workers=1",
-         "--set", "training.seq_len=96"],
+         "--set", "training.seq_len=96", "--set", "training.warmup_steps=1"],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env={**_env(), **env},
     )
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -95,7 +95,22 @@ def build_parser() -> argparse.ArgumentParser:
     e = msub.add_parser("export", help="write a built-in model as a Hugging Face directory")
     e.add_argument("name", choices=["tiny-llama"])
     e.add_argument("dir")
+
+    for module in _command_modules():
+        module.add_parsers(sub, _Parser)
     return parser
+
+
+# Command groups that live in their own modules. Each exposes ``add_parsers(sub, parser_class)``
+# and ``HANDLERS`` ({command name: handler(args, console) -> exit code}); heavy imports stay
+# inside the handlers so ``lorafarm --help`` is fast.
+COMMAND_MODULES: tuple[str, ...] = ()
+
+
+def _command_modules() -> list[Any]:
+    import importlib
+
+    return [importlib.import_module(f"{__package__}.{name}") for name in COMMAND_MODULES]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,7 +140,7 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args: argparse.Namespace, console: Console) -> int:
     from . import commands, service_cmds
 
-    handler = {
+    handlers = {
         "run": commands.run,
         "validate": commands.validate,
         "schema": commands.schema,
@@ -140,8 +155,10 @@ def _dispatch(args: argparse.Namespace, console: Console) -> int:
         "events": service_cmds.events,
         "logs": service_cmds.logs,
         "tenants": service_cmds.tenants,
-    }[args.command]
-    return handler(args, console)
+    }
+    for module in _command_modules():
+        handlers.update(module.HANDLERS)
+    return handlers[args.command](args, console)
 
 
 def emit_json(obj: Any) -> None:

@@ -1,0 +1,72 @@
+"""Can a job ever start? A job larger than its tenant's quota or than the whole cluster would
+wait forever (and, as the head of the queue, hold a reservation forever), so it is refused
+with the limit it breaks and where that limit is set."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+from ..tenants import TenantsConfig
+from .pool import EPS, per_node
+from .types import ClusterState, JobRequest, RunningJob
+
+FIX = "use fewer workers or less per worker, or ask the operator to raise the limit"
+
+
+def check_admissible(
+    job: JobRequest | RunningJob, tenants: TenantsConfig, cluster_capacity: ClusterState | Mapping[str, float]
+) -> str | None:
+    """Why ``job`` can never start (every limit it breaks, one reason), or None if it can.
+
+    ``cluster_capacity`` is a :class:`ClusterState` (its totals and node capacities count,
+    not what is free now) or a mapping ``{"cpus": ..., "gpus": ...}`` of totals.
+    """
+    reasons = _quota_reasons(job, tenants) + _cluster_reasons(job, cluster_capacity)
+    return "; ".join(reasons) + f" — {FIX}" if reasons else None
+
+
+def _need(job: JobRequest | RunningJob, per_worker: float, unit: str) -> str:
+    total = f"{job.workers * per_worker:g} {unit}"
+    return total if job.workers == 1 else f"{total} ({job.workers} workers × {per_worker:g})"
+
+
+def _quota_reasons(job: JobRequest | RunningJob, tenants: TenantsConfig) -> list[str]:
+    entry = tenants.for_tenant(job.tenant)
+    if entry is None:
+        return []  # unknown tenants are refused by name, not by size
+    where = tenants.entry_path(job.tenant)
+    note = "" if where == f"tenants.{job.tenant}" else ", the entry for tenants not listed"
+    q, out = entry.quota, []
+    for field, need, limit, text in (
+        ("workers", job.workers, q.workers, f"{job.workers} workers"),
+        ("gpus", job.workers * job.gpus_per_worker, q.gpus, _need(job, job.gpus_per_worker, "GPUs")),
+        ("cpus", job.workers * job.cpus_per_worker, q.cpus, _need(job, job.cpus_per_worker, "CPUs")),
+    ):
+        if limit is not None and need > limit + EPS:
+            out.append(f"needs {text} but tenant {job.tenant!r} quota allows {limit:g} "
+                       f"(tenants file: {where}.quota.{field}{note})")
+    return out
+
+
+def _cluster_reasons(job: JobRequest | RunningJob, capacity: ClusterState | Mapping[str, float]) -> list[str]:
+    if isinstance(capacity, ClusterState):
+        total_cpus, total_gpus, nodes = capacity.total_cpus, capacity.total_gpus, capacity.nodes
+    else:
+        total_cpus, total_gpus, nodes = capacity.get("cpus", 0.0), capacity.get("gpus", 0.0), None
+    out = []
+    for need, total, per_worker, unit in ((job.workers * job.gpus_per_worker, total_gpus, job.gpus_per_worker, "GPUs"),
+                                          (job.workers * job.cpus_per_worker, total_cpus, job.cpus_per_worker, "CPUs")):
+        if need > total + EPS:
+            out.append(f"needs {_need(job, per_worker, unit)} but the whole cluster has {total:g}")
+    if out or not nodes:
+        return out
+    counts = [per_node(n.total_cpus, n.total_gpus, job.cpus_per_worker, job.gpus_per_worker) for n in nodes]
+    if max(counts) < 1:
+        big = max(nodes, key=lambda n: (n.total_gpus, n.total_cpus))
+        out.append(f"one worker needs {job.cpus_per_worker:g} CPUs and {job.gpus_per_worker:g} GPUs on one node "
+                   f"but no node has that much (largest: {big.total_cpus:g} CPUs, {big.total_gpus:g} GPUs)")
+    elif sum(min(k, job.workers) for k in counts) < job.workers:
+        fit = int(sum(min(k, job.workers) for k in counts))
+        out.append(f"needs {job.workers} workers of {job.cpus_per_worker:g} CPUs and {job.gpus_per_worker:g} GPUs "
+                   f"but at most {fit} fit on the cluster's nodes even when idle")
+    return out

@@ -1,0 +1,186 @@
+"""Which queued jobs start now: the one admission rule the scheduler and the simulator share.
+
+Order of service, for every call:
+
+1. **Priority class**, aged: a job's rank is its class value plus ``aging_per_hour`` points for
+   every *whole* hour it has waited. Whole hours keep jobs of one class and one hour tied, so
+   that fair share (not submission order by a few seconds) decides between tenants.
+2. **Weighted fair share** between tenants of equal rank: the tenant with the smallest dominant
+   share (max of CPU and GPU fraction it holds, divided by its weight) goes first, recomputed
+   after every start (weighted DRF).
+3. **Submission time**, then job id, so every decision is deterministic.
+
+A job starts only as a whole gang and only within its tenant's quota. The first job that would
+be next but does not fit (the *head*) gets a reservation: everything it could use is withheld,
+and later jobs may only backfill into what is left, so they can never delay it. Aging makes
+every job the head eventually, and the head starts as soon as enough is free: nothing starves.
+With ``policy.preemption`` on, a blocked head may stop running jobs of strictly lower class
+(lowest class first, newest first, as few as needed).
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from ..tenants import TenantsConfig
+from .admit import check_admissible
+from .pool import EPS, Pool
+from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
+
+HOUR = 3600.0
+
+
+@dataclass(slots=True)
+class _Usage:
+    """What one tenant holds, updated as jobs start within a call."""
+
+    workers: int = 0
+    cpus: float = 0.0
+    gpus: float = 0.0
+
+
+@dataclass(slots=True)
+class _TenantQueue:
+    name: str
+    jobs: list[tuple[float, float, str, JobRequest]] = field(default_factory=list)  # sorted best first
+    pos: int = 0
+
+    def head(self) -> tuple[float, float, str, JobRequest] | None:
+        return self.jobs[self.pos] if self.pos < len(self.jobs) else None
+
+
+def rank(job: JobRequest | RunningJob, tenants: TenantsConfig, now: float) -> float:
+    """The job's aged priority: class value plus aging points per whole hour waited."""
+    waited_hours = max(0.0, now - job.submitted_at) // HOUR
+    return tenants.priority_value(job.priority) + tenants.policy.aging_per_hour * waited_hours
+
+
+def dominant_share(usage: _Usage, cluster: ClusterState, weight: float) -> float:
+    """Weighted DRF share: the larger of the CPU and GPU fractions held, over the weight."""
+    cpu = usage.cpus / cluster.total_cpus if cluster.total_cpus > 0 else 0.0
+    gpu = usage.gpus / cluster.total_gpus if cluster.total_gpus > 0 else 0.0
+    return max(cpu, gpu) / weight
+
+
+def within_quota(job: JobRequest, usage: _Usage, tenants: TenantsConfig) -> bool:
+    quota = tenants.quota(job.tenant)
+    return not (
+        (quota.workers is not None and usage.workers + job.workers > quota.workers)
+        or (quota.gpus is not None and usage.gpus + job.gpus > quota.gpus + EPS)
+        or (quota.cpus is not None and usage.cpus + job.cpus > quota.cpus + EPS)
+    )
+
+
+def decide(
+    queued: Sequence[JobRequest],
+    running: Sequence[RunningJob],
+    cluster: ClusterState,
+    tenants: TenantsConfig,
+    now: float,
+) -> Decision:
+    """The jobs to start now (in order), and whom to preempt for a blocked head, if allowed."""
+    usage: dict[str, _Usage] = {}
+    for job in running:
+        u = usage.setdefault(job.tenant, _Usage())
+        u.workers += job.workers
+        u.cpus += job.cpus
+        u.gpus += job.gpus
+
+    queues: dict[str, _TenantQueue] = {}
+    for job in queued:
+        queues.setdefault(job.tenant, _TenantQueue(job.tenant)).jobs.append(
+            (-rank(job, tenants, now), job.submitted_at, job.job_id, job))
+    for q in queues.values():
+        q.jobs.sort(key=lambda item: item[:3])
+
+    def key(q: _TenantQueue) -> tuple:
+        neg_rank, submitted, job_id, _ = q.jobs[q.pos]
+        share = dominant_share(usage.get(q.name, _Usage()), cluster, tenants.weight(q.name))
+        return (neg_rank, share, submitted, job_id, q.name)
+
+    heap = [(key(q), q.name) for q in queues.values()]
+    heapq.heapify(heap)
+
+    pool = Pool(cluster)
+    start: list[str] = []
+    placements: dict[str, Placement] = {}
+    never_fits: dict[str, str] = {}
+    head: JobRequest | None = None
+    considered = 0
+    while heap:
+        if pool.cpus <= EPS and pool.gpus <= EPS:
+            break  # nothing left to give (every worker needs some CPU or GPU)
+        _, name = heapq.heappop(heap)
+        q = queues[name]
+        job = q.jobs[q.pos][3]
+        q.pos += 1
+        considered += 1
+        u = usage.setdefault(name, _Usage())
+        if within_quota(job, u, tenants):
+            placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)
+            if placement is not None:
+                pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
+                u.workers += job.workers
+                u.cpus += job.cpus
+                u.gpus += job.gpus
+                start.append(job.job_id)
+                if placement:
+                    placements[job.job_id] = placement
+            elif head is None:
+                reason = check_admissible(job, tenants, cluster)
+                if reason:
+                    never_fits[job.job_id] = reason
+                else:
+                    head = job
+                    if not tenants.policy.backfill:
+                        break
+                    pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker)
+        if q.head() is not None:
+            heapq.heappush(heap, (key(q), name))
+
+    preempt: tuple[str, ...] = ()
+    if head is not None and tenants.policy.preemption:
+        preempt = choose_victims(head, running, cluster, tenants)
+    return Decision(
+        start=tuple(start), placements=placements, preempt=preempt,
+        preempt_for=head.job_id if preempt else None, reserved_for=head.job_id if head else None,
+        never_fits=never_fits, considered=considered,
+    )
+
+
+def choose_victims(
+    head: JobRequest, running: Sequence[RunningJob], cluster: ClusterState, tenants: TenantsConfig
+) -> tuple[str, ...]:
+    """The fewest running jobs of strictly lower class (lowest class, then newest, first) whose
+    resources, added to what is free, let ``head`` start; () when no such set exists."""
+    head_value = tenants.priority_value(head.priority)
+    candidates = sorted(
+        (j for j in running if tenants.priority_value(j.priority) < head_value),
+        key=lambda j: (tenants.priority_value(j.priority), -j.started_at, j.job_id),
+    )
+    pool = Pool(cluster)
+    chosen: list[str] = []
+    for victim in candidates:
+        pool.take(victim.workers, victim.cpus_per_worker, victim.gpus_per_worker, victim.placement, sign=-1.0)
+        chosen.append(victim.job_id)
+        if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
+            return _drop_unneeded(head, running, cluster, chosen)
+    return ()
+
+
+def _drop_unneeded(head: JobRequest, running: Sequence[RunningJob], cluster: ClusterState,
+                   chosen: list[str]) -> tuple[str, ...]:
+    """Spare any chosen victim (oldest choices first) whose resources turn out not to be needed."""
+    by_id = {j.job_id: j for j in running}
+    keep = list(chosen)
+    for job_id in list(chosen):
+        trial = [v for v in keep if v != job_id]
+        pool = Pool(cluster)
+        for v in trial:
+            j = by_id[v]
+            pool.take(j.workers, j.cpus_per_worker, j.gpus_per_worker, j.placement, sign=-1.0)
+        if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
+            keep = trial
+    return tuple(keep)

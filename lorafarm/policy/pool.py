@@ -1,0 +1,99 @@
+"""Free resources as the policy hands them out within one ``decide`` call.
+
+A gang fits when every worker fits on one node (or, without node data, when the totals
+suffice). Workers of one gang are identical, so counting how many fit on each node and
+adding up is exact; placement then fills the fullest nodes first (best fit) to keep
+large holes for large gangs.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .types import ClusterState, Placement
+
+EPS = 1e-9  # resources are floats (fractional GPUs); compare with a little slack
+
+
+def per_node(free_cpus: float, free_gpus: float, cpus: float, gpus: float) -> float:
+    """How many workers of (cpus, gpus) fit in (free_cpus, free_gpus); inf for a zero-size worker."""
+    k = math.inf
+    if cpus > 0:
+        k = (free_cpus + EPS) // cpus
+    if gpus > 0:
+        k = min(k, (free_gpus + EPS) // gpus)
+    return k
+
+
+class Pool:
+    """Mutable free resources: aggregate, and per node when the cluster gave nodes."""
+
+    __slots__ = ("cpus", "gpus", "names", "index", "node_cpus", "node_gpus", "cap_cpus", "cap_gpus")
+
+    def __init__(self, cluster: ClusterState):
+        self.cpus = cluster.free_cpus
+        self.gpus = cluster.free_gpus
+        nodes = cluster.nodes
+        self.names = None if nodes is None else [n.name for n in nodes]
+        self.index = {n.name: i for i, n in enumerate(nodes or ())}
+        self.node_cpus = [n.free_cpus for n in nodes or ()]
+        self.node_gpus = [n.free_gpus for n in nodes or ()]
+        self.cap_cpus = [n.total_cpus for n in nodes or ()]
+        self.cap_gpus = [n.total_gpus for n in nodes or ()]
+
+    def copy(self) -> Pool:
+        new = object.__new__(Pool)
+        new.cpus, new.gpus, new.names, new.index = self.cpus, self.gpus, self.names, self.index
+        new.node_cpus, new.node_gpus = list(self.node_cpus), list(self.node_gpus)
+        new.cap_cpus, new.cap_gpus = self.cap_cpus, self.cap_gpus
+        return new
+
+    def place(self, workers: int, cpus: float, gpus: float) -> Placement | None:
+        """Where the gang would go (``()`` without node data), or None if it does not fit now."""
+        if workers * cpus > self.cpus + EPS or workers * gpus > self.gpus + EPS:
+            return None
+        if self.names is None:
+            return ()
+        counts = [per_node(c, g, cpus, gpus) for c, g in zip(self.node_cpus, self.node_gpus, strict=True)]
+        if sum(min(k, workers) for k in counts) < workers:
+            return None
+        order = sorted((i for i, k in enumerate(counts) if k >= 1),
+                       key=lambda i: (self.node_gpus[i], self.node_cpus[i]))
+        out, left = [], workers
+        for i in order:
+            n = int(min(counts[i], left))
+            out.append((self.names[i], n))
+            left -= n
+            if not left:
+                break
+        return tuple(out)
+
+    def take(self, workers: int, cpus: float, gpus: float, placement: Placement, sign: float = 1.0) -> None:
+        """Allocate a placed gang (``sign=-1`` gives it back)."""
+        self.cpus -= sign * workers * cpus
+        self.gpus -= sign * workers * gpus
+        if self.names is not None and placement:
+            for name, n in placement:
+                i = self.index[name]
+                self.node_cpus[i] -= sign * n * cpus
+                self.node_gpus[i] -= sign * n * gpus
+
+    def reserve(self, workers: int, cpus: float, gpus: float) -> None:
+        """Hold back, on every node, what a blocked gang could ever use there.
+
+        On each node the gang could hold at most ``m`` workers even when the node is empty;
+        we withhold ``min(free, m × per-worker need)`` of each resource. What is left is
+        resources the gang can never use there, so jobs placed in it cannot delay it.
+        """
+        self.cpus -= min(self.cpus, workers * cpus)
+        self.gpus -= min(self.gpus, workers * gpus)
+        if self.names is None:
+            return
+        for i in range(len(self.names)):
+            m = min(workers, per_node(self.cap_cpus[i], self.cap_gpus[i], cpus, gpus))
+            self.node_cpus[i] -= min(self.node_cpus[i], m * cpus)
+            self.node_gpus[i] -= min(self.node_gpus[i], m * gpus)
+
+    def could_fit(self, cpus: float, gpus: float) -> bool:
+        """Cheap necessary test: do the totals cover (cpus, gpus)?"""
+        return cpus <= self.cpus + EPS and gpus <= self.gpus + EPS
