@@ -23,3 +23,13 @@ pipi "torch==2.13.0"
 pipi -e ".[test]"
 .venv/bin/python -c "import lorafarm, torch, ray, deepspeed, peft" >/dev/null
 echo "setup: ok ($(.venv/bin/python -c 'import torch,ray,deepspeed,transformers,peft;print(f"torch {torch.__version__}, ray {ray.__version__}, deepspeed {deepspeed.__version__}, transformers {transformers.__version__}, peft {peft.__version__}")'))"
+# Debian packages the tests use (Prometheus for the scrape test, promtool for rule tests).
+if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+      || echo "setup: could not install Debian prometheus; its tests will fail" >&2
+  elif command -v sudo >/dev/null && command -v apt-get >/dev/null; then
+    (sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus >/dev/null) \
+      || echo "setup: could not install Debian prometheus; its tests will fail" >&2
+  fi
+fi
