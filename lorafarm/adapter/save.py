@@ -37,19 +37,27 @@ def publish(local_dir: Path, adapter_uri: str, manifest: dict[str, Any]) -> dict
 
 
 def pull(adapter_uri: str, dest: str | Path) -> dict[str, Any]:
-    """Copy a verified adapter to ``dest``; refuses an incomplete or corrupt one."""
+    """Copy a verified adapter to ``dest``; refuses an incomplete or corrupt one. The local
+    copy is checked against the manifest too, and the manifest is written last, so ``dest``
+    holds a manifest only when every file in it matches."""
     manifest = read_manifest(adapter_uri, verify=True)
     names = sorted(manifest.get("files", {}))
     missing = [n for n in ADAPTER_FILES if n not in names]
     if missing:
         raise AdapterError(f"{adapter_uri}: manifest lists no {', '.join(missing)} — not a complete adapter")
-    out = download_dir(adapter_uri, dest, names)
-    (Path(out) / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    unsafe = [n for n in names if n in ("", ".", "..") or "/" in n or "\\" in n]
+    if unsafe:  # an adapter is flat files; never write outside ``dest``
+        raise AdapterError(f"{adapter_uri}: manifest names files outside the adapter ({', '.join(unsafe)}) — "
+                           "refusing it")
+    out = Path(dest)
+    (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for the new files
+    download_dir(adapter_uri, out, names)
     from ..storage import filesystem, sha256_file
 
     fs, _ = filesystem(str(out))
     for name in names:
-        digest, size = sha256_file(fs, str(Path(out) / name))
-        if digest != manifest["files"][name]["sha256"]:
-            raise AdapterError(f"{dest}/{name}: sha256 differs after download — retry the pull")
+        digest, size = sha256_file(fs, str(out / name))
+        if digest != manifest["files"][name]["sha256"] or size != manifest["files"][name]["size"]:
+            raise AdapterError(f"{dest}/{name}: sha256/size differ from the manifest after download — retry the pull")
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
+from rich.table import Column, Table
 
 from ..spec import load_spec
 from .main import EXIT_FAILED, EXIT_OK, emit_json
@@ -117,7 +117,9 @@ def list_jobs(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         emit_json(jobs)
         return EXIT_OK
-    table = Table("job", "tenant", "state", "workers", "step", "submitted")
+    table = Table("tenant", "state", "workers", "step", "submitted")
+    # job ids are what users copy into the next command: never elide them
+    table.columns.insert(0, Column("job", no_wrap=True, min_width=max((len(j["job_id"]) for j in jobs), default=3)))
     for j in jobs:
         p = j.get("progress") or {}
         step = f"{p['step']}/{p['total_steps']}" if "step" in p else ""

@@ -9,7 +9,8 @@ Loss masks: ``text`` trains on every token; ``prompt_completion`` on the complet
 final eos; ``chat`` on assistant turns only (content plus its end token).
 
 Chat rendering uses the tokenizer's own ``chat_template`` when it has one (assistant spans
-found by rendering growing prefixes and mapping characters to tokens). Otherwise the
+found by rendering growing prefixes and mapping characters to tokens; whitespace the template
+puts after a turn's end token is not trained, as with the built-in template). Otherwise the
 built-in template, rendered turn by turn::
 
     <|system|>\\n{content}\\n<|user|>\\n{content}\\n<|assistant|>\\n{content}</s>\\n
@@ -92,6 +93,8 @@ def _chat_with_template(messages: list[dict[str, str]], tokenizer) -> tuple[list
             continue
         start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
         end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        while end > start and full[end - 1].isspace():  # the newline after the end token is template glue
+            end -= 1
         spans.append((start, end))
     enc = tokenizer(full, add_special_tokens=False, return_offsets_mapping=True)
     targets = [any(s <= a < e for s, e in spans) for a, _ in enc["offset_mapping"]]

@@ -87,7 +87,7 @@ def _iter_rows(f: str):
     with fs.open(path, "rb") as fh:
         raw = fh.read()
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of row 1
     except UnicodeDecodeError as e:
         raise DataError(f"{_display(f)}: not UTF-8 text ({e}) — save the file as UTF-8") from None
     stripped = text.lstrip()
@@ -99,7 +99,9 @@ def _iter_rows(f: str):
         for i, row in enumerate(rows):
             yield i, row
         return
-    for n, line in enumerate(text.splitlines(), start=1):
+    # JSONL lines end at "\n" only: str.splitlines() would also split inside JSON strings that
+    # hold U+2028/U+2029/U+0085 unescaped (valid JSON), breaking rows and shifting line numbers.
+    for n, line in enumerate(text.split("\n"), start=1):
         if not line.strip():
             continue
         try:

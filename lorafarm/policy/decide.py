@@ -21,6 +21,7 @@ With ``policy.preemption`` on, a blocked head may stop running jobs of strictly 
 from __future__ import annotations
 
 import heapq
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -44,10 +45,11 @@ class _Usage:
 @dataclass(slots=True)
 class _TenantQueue:
     name: str
-    jobs: list[tuple[float, float, str, JobRequest]] = field(default_factory=list)  # sorted best first
+    jobs: list[tuple[float, float, float, str, JobRequest]] = field(default_factory=list)  # sorted best first
     pos: int = 0
+    weight: float = 1.0
 
-    def head(self) -> tuple[float, float, str, JobRequest] | None:
+    def head(self) -> tuple[float, float, float, str, JobRequest] | None:
         return self.jobs[self.pos] if self.pos < len(self.jobs) else None
 
 
@@ -83,21 +85,50 @@ def decide(
     """The jobs to start now (in order), and whom to preempt for a blocked head, if allowed."""
     usage: dict[str, _Usage] = {}
     for job in running:
-        u = usage.setdefault(job.tenant, _Usage())
+        u = usage.get(job.tenant)
+        if u is None:
+            u = usage[job.tenant] = _Usage()
         u.workers += job.workers
         u.cpus += job.cpus
         u.gpus += job.gpus
 
+    # rank every queued job (the one O(n) pass), per tenant; a tenant's list is sorted best first
+    classes = tenants.priority_classes
+    fallback = tenants.priority_value(tenants.default_priority)
+    aging = tenants.policy.aging_per_hour
     queues: dict[str, _TenantQueue] = {}
+    min_cpus = min_gpus = math.inf
     for job in queued:
-        queues.setdefault(job.tenant, _TenantQueue(job.tenant)).jobs.append(
-            (-rank(job, tenants, now), job.submitted_at, job.job_id, job))
+        value = classes.get(job.priority, fallback)
+        if aging:
+            waited = now - job.submitted_at
+            if waited >= HOUR:
+                value += aging * (waited // HOUR)
+        q = queues.get(job.tenant)
+        if q is None:
+            q = queues[job.tenant] = _TenantQueue(job.tenant)
+        est = job.estimated_duration
+        q.jobs.append((-value, math.inf if est is None else est, job.submitted_at, job.job_id, job))
+        cpus, gpus = job.workers * job.cpus_per_worker, job.workers * job.gpus_per_worker
+        if cpus < min_cpus:
+            min_cpus = cpus
+        if gpus < min_gpus:
+            min_gpus = gpus
     for q in queues.values():
-        q.jobs.sort(key=lambda item: item[:3])
+        q.jobs.sort(key=_order)
+        q.weight = tenants.weight(q.name)
+
+    total_cpus, total_gpus = cluster.total_cpus, cluster.total_gpus
 
     def key(q: _TenantQueue) -> tuple:
-        neg_rank, submitted, job_id, _ = q.jobs[q.pos]
-        share = dominant_share(usage.get(q.name, _Usage()), cluster, tenants.weight(q.name))
+        neg_rank, _, submitted, job_id, _ = q.jobs[q.pos]
+        u = usage.get(q.name)
+        if u is None:
+            share = 0.0
+        else:
+            cpu = u.cpus / total_cpus if total_cpus > 0 else 0.0
+            gpu = u.gpus / total_gpus if total_gpus > 0 else 0.0
+            share = max(cpu, gpu) / q.weight
         return (neg_rank, share, submitted, job_id, q.name)
 
     heap = [(key(q), q.name) for q in queues.values()]
@@ -112,12 +143,16 @@ def decide(
     while heap:
         if pool.cpus <= EPS and pool.gpus <= EPS:
             break  # nothing left to give (every worker needs some CPU or GPU)
+        if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus):
+            break  # after the head's reservation not even the smallest queued job fits: done
         _, name = heapq.heappop(heap)
         q = queues[name]
-        job = q.jobs[q.pos][3]
+        job = q.jobs[q.pos][4]
         q.pos += 1
         considered += 1
-        u = usage.setdefault(name, _Usage())
+        u = usage.get(name)
+        if u is None:
+            u = usage[name] = _Usage()
         if within_quota(job, u, tenants):
             placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)
             if placement is not None:
@@ -137,7 +172,7 @@ def decide(
                     if not tenants.policy.backfill:
                         break
                     pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker)
-        if q.head() is not None:
+        if q.pos < len(q.jobs):
             heapq.heappush(heap, (key(q), name))
 
     preempt: tuple[str, ...] = ()
@@ -148,6 +183,10 @@ def decide(
         preempt_for=head.job_id if preempt else None, reserved_for=head.job_id if head else None,
         never_fits=never_fits, considered=considered,
     )
+
+
+def _order(item: tuple[float, float, float, str, JobRequest]) -> tuple[float, float, float, str]:
+    return item[0], item[1], item[2], item[3]
 
 
 def choose_victims(

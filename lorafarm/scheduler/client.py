@@ -64,8 +64,14 @@ def serve(store_uri: str, tenants_text: str | None, metrics_port: int | None,
         return ray.get_actor(SCHEDULER_NAME, namespace=NAMESPACE), False
     except ValueError:
         pass
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    # Pin it to the node that runs `serve` (the head): the metrics Service selects that pod, and
+    # an autoscaler scaling workers down must never take the scheduler with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handle = Scheduler.options(
-        name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True
+        name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
+        scheduling_strategy=here,
     ).remote(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
     ray.get(handle.ping.remote(), timeout=120)
     return handle, True

@@ -62,12 +62,29 @@ class SchedulerCore:
             self.logs[record.job_id] = collections.deque(maxlen=LOG_LINES)
             if record.state is JobState.RUNNING:
                 self._kill_runner_by_name(record.job_id)
-                record.transition(JobState.QUEUED, EventKind.RECOVERED,
-                                  "scheduler restarted while the job ran; re-queued")
+                adapter = self._published_adapter(record)
+                if adapter is not None:  # it finished publishing just before the old scheduler died
+                    record.adapter_uri = adapter
+                    record.transition(JobState.SUCCEEDED, EventKind.RECOVERED,
+                                      f"scheduler restarted; the adapter was already published at {adapter}")
+                else:
+                    record.transition(JobState.QUEUED, EventKind.RECOVERED,
+                                      "scheduler restarted while the job ran; re-queued")
                 self.records.save(record)
             elif record.state is JobState.VALIDATING:
                 record.transition(JobState.QUEUED, EventKind.RECOVERED, "scheduler restarted; queued")
                 self.records.save(record)
+
+    def _published_adapter(self, record: JobRecord) -> str | None:
+        """The job's adapter URI when a complete adapter (manifest verified) is already in the store."""
+        from ..storage import read_manifest
+
+        uri = self.store.adapter_uri(record.tenant, record.job_id)
+        try:
+            read_manifest(uri)
+        except Exception:  # noqa: BLE001 - missing or incomplete: not published
+            return None
+        return uri
 
     def _kill_runner_by_name(self, job_id: str) -> None:
         try:

@@ -154,12 +154,20 @@ def read_manifest(adapter_uri: str, verify: bool = True) -> dict[str, Any]:
             f"{adapter_uri}: no adapter here (no {MANIFEST}: missing, or publishing did not finish) — "
             "check the URI or the job's state"
         ) from None
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, UnicodeDecodeError):
         raise StorageError(f"{adapter_uri}/{MANIFEST}: corrupt manifest — re-publish the adapter") from None
+    files = manifest.get("files") if isinstance(manifest, dict) else None
+    if not isinstance(files, dict) or not all(
+        isinstance(m, dict) and isinstance(m.get("sha256"), str) and isinstance(m.get("size"), int)
+        for m in files.values()
+    ):
+        raise StorageError(
+            f"{adapter_uri}/{MANIFEST}: corrupt manifest (no sha256 and size for every file) — re-publish the adapter"
+        )
     if verify:
         fs, path = filesystem(uri)
         problems = []
-        for name, meta in manifest.get("files", {}).items():
+        for name, meta in files.items():
             try:
                 digest, size = sha256_file(fs, f"{path}/{name}")
             except FileNotFoundError:

@@ -1,0 +1,184 @@
+"""``lorafarm try`` and ``lorafarm eval``: use a finished adapter next to its base.
+
+The library side is :mod:`lorafarm.use`; this module parses, resolves adapter sources (a store
+URI, a local directory, or a job id) and prints tables or JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import SpecError
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("adapter", nargs="?", help="adapter: store URI, local directory, or job id")
+    p.add_argument("--adapter", dest="more_adapters", action="append", default=[], metavar="ADAPTER",
+                   help="another adapter on the same base (repeatable; one column each)")
+    p.add_argument("--scale", type=float, nargs="+", action="extend", default=None, metavar="S",
+                   help="adapter strength: S × alpha/r, files unchanged (several allowed; default 1.0)")
+    p.add_argument("--base", help="base model (default: the manifest's base_model); must have the adapter's shapes")
+    p.add_argument("--store", help="store root to find a job id in (default $LORAFARM_STORE)")
+    p.add_argument("--tenant", help="tenant of a job id (default: search every tenant)")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="default fp32 on CPU, bf16 on GPU")
+    p.add_argument("--json", action="store_true")
+
+
+def add_parsers(sub, parser_class) -> None:
+    p = sub.add_parser("try", help="generate with the base and with adapters side by side")
+    _add_common(p)
+    p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
+    p.add_argument("--prompts", help="file of prompts: one a line, or JSONL with prompt/text/messages")
+    p.add_argument("--max-new-tokens", type=int, default=48)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
+    p.add_argument("--seed", type=int, default=0, help="seed of each generation when sampling")
+    p.add_argument("--system", help="system message for chat adapters")
+
+    p = sub.add_parser("eval", help="loss, perplexity and label accuracy of the base and adapters on a file")
+    _add_common(p)
+    p.add_argument("--data", required=True, help="held-out data: path, file:// or s3:// (.jsonl/.json/.parquet)")
+    p.add_argument("--format", choices=["text", "prompt_completion", "chat"],
+                   help="data format (default: the adapter's job format)")
+    p.add_argument("--labels", default="auto",
+                   help="accuracy over label strings: auto (default), none, or a comma-separated list")
+    p.add_argument("--seq-len", type=int, help="truncate examples here (default: the job's seq_len)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
+    p.add_argument("--name", help="results name: eval/<name>.json (default: the data file's stem)")
+    p.add_argument("--no-save", action="store_true", help="do not write eval/<name>.json")
+
+
+def _sources(args: argparse.Namespace) -> list[str]:
+    from .commands import _adapter_source
+
+    given = ([args.adapter] if args.adapter else []) + list(args.more_adapters)
+    if not given:
+        raise SpecError(["no adapter given — name one: a store URI, a local directory or a job id "
+                         "(`lorafarm try JOB_ID --prompt ...`)"])
+    return [_adapter_source(argparse.Namespace(source=s, store=args.store, tenant=args.tenant)) for s in given]
+
+
+def _check_numbers(args: argparse.Namespace) -> list[float]:
+    problems = []
+    scales = args.scale or [1.0]
+    for s in scales:
+        if s != s or abs(s) == float("inf"):
+            problems.append(f"--scale {s}: must be a finite number")
+    for opt in ("max_new_tokens", "batch_size", "seq_len", "max_examples"):
+        v = getattr(args, opt, None)
+        if v is not None and v < 1:
+            problems.append(f"--{opt.replace('_', '-')} {v}: must be >= 1")
+    if getattr(args, "temperature", 0) < 0:
+        problems.append(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
+    if problems:
+        raise SpecError(problems)
+    return list(dict.fromkeys(scales))
+
+
+def _quiet() -> None:
+    """No weight-loading progress bars or library deprecation chatter around our tables."""
+    import warnings
+
+    from transformers.utils import logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
+def try_cmd(args: argparse.Namespace, console: Console) -> int:
+    from ..use.generate import load_prompts, try_prompts
+    from ..use.load import session
+
+    _quiet()
+    scales = _check_numbers(args)
+    prompts: list[Any] = list(args.prompt) + (load_prompts(args.prompts) if args.prompts else [])
+    if not prompts:
+        raise SpecError(["no prompt given — use --prompt TEXT (repeatable) or --prompts FILE"])
+    sources = _sources(args)
+    with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
+        for w in s.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        records = try_prompts(s, prompts, scales, args.max_new_tokens, args.temperature, args.seed, args.system)
+    if args.json:
+        from .main import emit_json
+
+        for r in records:
+            emit_json(r)
+        return 0
+    from rich.table import Table
+
+    table = Table(show_lines=True, title=f"base: {s.base_label}")
+    table.add_column("prompt", overflow="fold")
+    table.add_column("base", overflow="fold")
+    for out in records[0]["outputs"]:
+        table.add_column(f"{out['adapter']} ×{out['scale']:g}", overflow="fold")
+    for r in records:
+        prompt = r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
+        table.add_row(prompt, r["base"], *[o["text"] for o in r["outputs"]])
+    Console().print(table)
+    return 0
+
+
+def eval_cmd(args: argparse.Namespace, console: Console) -> int:
+    from ..use.evaluate import check_name, default_name, evaluate, save_results
+    from ..use.load import session
+
+    _quiet()
+    scales = _check_numbers(args)
+    name = check_name(args.name) if args.name else default_name(args.data)
+    sources = _sources(args)
+    data = args.data if "://" in args.data else _local(args.data)
+    with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
+        for w in s.warnings:
+            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        summary = evaluate(s, data, fmt=args.format, scales=scales, labels=args.labels, seq_len=args.seq_len,
+                           batch_size=args.batch_size, max_examples=args.max_examples)
+        saved, warnings = ({}, []) if args.no_save else save_results(summary, s, name)
+    for w in warnings:
+        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+    summary = {**summary, "name": name, "saved": saved}
+    if args.json:
+        from .main import emit_json
+
+        emit_json(summary)
+        return 0
+    _print_eval(summary)
+    for label, uri in saved.items():
+        console.print(f"{label}: results written to {uri}", highlight=False)
+    return 0
+
+
+def _local(path: str) -> str:
+    from ..storage import normalize
+
+    return normalize(path)
+
+
+def _print_eval(summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    has_acc = summary.get("labels") is not None
+    title = (f"{summary['data']} — {summary['examples']} examples, {summary['format']}, "
+             f"{summary['results'][0]['label_tokens']:,} label tokens, base {summary['base_model']}")
+    table = Table(title=title)
+    for col in ("model", "scale", "loss", "Δ loss", "perplexity") + (("accuracy", "Δ acc") if has_acc else ()):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for r in summary["results"]:
+        row = [r["adapter"] or "base", "" if r["scale"] is None else f"{r['scale']:g}", f"{r['loss']:.4f}",
+               "" if "loss_delta" not in r else f"{r['loss_delta']:+.4f}", f"{r['perplexity']:.3f}"]
+        if has_acc:
+            row += [f"{r['accuracy']:.3f}", "" if "accuracy_delta" not in r else f"{r['accuracy_delta']:+.3f}"]
+        table.add_row(*row)
+    Console().print(table)
+    if has_acc:
+        Console().print(f"labels: {', '.join(json.dumps(x) for x in summary['labels'])}", highlight=False)
+
+
+HANDLERS = {"try": try_cmd, "eval": eval_cmd}

@@ -1,0 +1,134 @@
+"""A real Ray head (``ray start --head --block``) on 127.0.0.1 for CLI-level tests.
+
+It runs in its own process group so that stopping it never touches another Ray cluster on the
+machine (``ray stop`` would kill every one). Ports are free ephemeral ones, outside Ray's
+worker-port range.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+def free_port() -> int:
+    """A free port in 20000-32767: above Ray's worker ports, below the kernel's ephemeral range,
+    so that no other process is handed it between our check and Ray's bind."""
+    rng = random.Random()
+    while True:
+        port = rng.randrange(20000, 32768)
+        with socket.socket() as s:
+            try:
+                s.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        return port
+
+
+class RayHead:
+    def __init__(self, tmp: Path, num_cpus: int = 6, env: dict[str, str] | None = None):
+        self.tmp = tmp
+        self.port, self.dashboard_port = free_port(), free_port()
+        self.env = {
+            **os.environ,
+            "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
+            "RAY_AUTH_MODE": "disabled",
+            "RAY_USAGE_STATS_ENABLED": "0",
+            **(env or {}),
+        }
+        self.env.pop("RAY_ADDRESS", None)
+        log = open(tmp / "ray-head.log", "w")  # noqa: SIM115 - closed in stop()
+        self._log = log
+        self.proc = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address", "127.0.0.1",
+             "--port", str(self.port), "--dashboard-host", "127.0.0.1",
+             "--dashboard-port", str(self.dashboard_port), "--num-cpus", str(num_cpus),
+             "--disable-usage-stats", "--temp-dir", str(tmp / "ray"),
+             # every fixed default port too: another Ray on this machine may hold them
+             "--ray-client-server-port", str(free_port()), "--dashboard-agent-listen-port", str(free_port()),
+             "--dashboard-agent-grpc-port", str(free_port()), "--runtime-env-agent-port", str(free_port()),
+             "--metrics-export-port", str(free_port())],
+            stdout=log, stderr=subprocess.STDOUT, env=self.env, start_new_session=True,
+        )
+        self.address = f"127.0.0.1:{self.port}"
+        self.dashboard = f"http://127.0.0.1:{self.dashboard_port}"
+        self.client_env = {**self.env, "RAY_ADDRESS": self.address}
+        try:
+            self._wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _wait_ready(self, timeout: float = 120.0) -> None:
+        import urllib.request
+
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"ray start exited: {(self.tmp / 'ray-head.log').read_text()[-3000:]}")
+            try:
+                with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2) as r:
+                    up = r.status == 200
+            except OSError:
+                up = False
+            # the job agent comes up after the dashboard: a trivial job proves submissions work
+            if up and self.ray("job", "submit", "--address", self.dashboard, "--", "true",
+                               timeout=60).returncode == 0:
+                return
+            time.sleep(1.0)
+        raise TimeoutError("the Ray head did not come up")
+
+    def lorafarm(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None,
+                 check: bool = False) -> subprocess.CompletedProcess:
+        proc = subprocess.run([str(BIN / "lorafarm"), *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT, env={**self.client_env, **(env or {})})
+        if check and proc.returncode != 0:
+            raise AssertionError(f"lorafarm {' '.join(args)} exited {proc.returncode}: {proc.stderr[-3000:]}")
+        return proc
+
+    def lorafarm_json(self, *args: str, **kw):
+        proc = self.lorafarm(*args, "--json", check=True, **kw)
+        return json.loads(proc.stdout.strip().splitlines()[-1])
+
+    def ray(self, *args: str, timeout: float = 300, env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
+        e = {**self.env, **(env or {})}
+        return subprocess.run([str(BIN / "ray"), *args], capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT, env=e)
+
+    def python(self, code: str, timeout: float = 120) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                              cwd=ROOT, env=self.client_env)
+
+    def stop(self) -> None:
+        try:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            self.proc.wait(timeout=30)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
+        try:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self._log.close()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
+    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` at the deadline."""
+    deadline = time.time() + timeout
+    last = None
+    while time.time() < deadline:
+        last = predicate()
+        if last:
+            return last
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")

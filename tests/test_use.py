@@ -1,0 +1,359 @@
+"""``lorafarm try`` / ``lorafarm eval`` / ``merge --scale`` on adapters really trained by ``lorafarm run``.
+
+Two jobs are trained once per module, side by side: the quickstart (pirate chat) and a
+prompt-completion job on a generated labelled sentiment set. The CLI is driven in-process
+(``main([...])``) where only behaviour matters, and as a subprocess where the process boundary
+does (exit codes, no traceback).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from lorafarm.cli.main import main
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "lorafarm.cli.main"]
+
+POS = ["great", "lovely", "excellent", "wonderful", "superb", "delightful"]
+NEG = ["awful", "terrible", "horrible", "dreadful", "lousy", "miserable"]
+THINGS = ["food", "service", "room", "view", "music", "staff", "coffee", "trip"]
+TEMPLATES = ["The {t} was {w}.", "What a {w} {t}!", "Honestly, {w} {t}.", "{w} {t}, really."]
+
+
+def sentiment_rows(seed: int, n: int) -> list[dict[str, str]]:
+    """Balanced labelled reviews: the label string is the completion (" positive"/" negative")."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        positive = i % 2 == 0
+        text = rng.choice(TEMPLATES).format(t=rng.choice(THINGS), w=rng.choice(POS if positive else NEG))
+        rows.append({"prompt": f"Review: {text}\nSentiment:", "completion": " positive" if positive else " negative"})
+    return rows
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def env(**extra: str) -> dict[str, str]:
+    out = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    # One torch thread: the CI machine has 2 shared cores and 2 threads thrash under load.
+    out.update(RAY_AUTH_MODE="disabled", OMP_NUM_THREADS="1", RAY_USAGE_STATS_ENABLED="0",
+               TOKENIZERS_PARALLELISM="false")
+    out.update(extra)
+    return out
+
+
+def _start_job(spec: str, store: Path, overrides: list[str], ray_tmp: str) -> subprocess.Popen:
+    sets = [a for o in overrides for a in ("--set", o)]
+    # A private RAY_TMPDIR: never join a cluster someone else started on this machine.
+    return subprocess.Popen([*CLI, "run", spec, "--json", *sets], cwd=ROOT, text=True, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env(LORAFARM_STORE=str(store), RAY_TMPDIR=ray_tmp))
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """The quickstart adapter and a sentiment-label adapter, trained concurrently (~2 min)."""
+    tmp = tmp_path_factory.mktemp("use")
+    store = tmp / "store"
+    train = write_jsonl(tmp / "sentiment_train.jsonl", sentiment_rows(1, 240))
+    test = write_jsonl(tmp / "sentiment_test.jsonl", sentiment_rows(2, 60))
+    common = ["resources.workers=1", "training.warmup_steps=2", "training.eval_every_steps=0",
+              "dataset.eval_fraction=0"]
+    ray_tmps = [tempfile.mkdtemp(prefix="lfray-", dir="/tmp") for _ in range(2)]
+    procs = {
+        "pirate": _start_job("jobs/quickstart.yaml", store,
+                             [*common, "training.max_steps=30", "training.seq_len=128"], ray_tmps[0]),
+        "labels": _start_job("jobs/prompt_completion.yaml", store,
+                             [*common, "name=sentiment", f"dataset.uri={train}", "training.max_steps=30",
+                              "training.seq_len=64", "lora.target_modules=all-linear"], ray_tmps[1]),
+    }
+    results = {}
+    try:
+        for name, proc in procs.items():
+            out, err = proc.communicate(timeout=600)
+            assert proc.returncode == 0, f"{name}: {err[-3000:]}"
+            results[name] = json.loads(out.strip().splitlines()[-1])
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+        for d in ray_tmps:
+            shutil.rmtree(d, ignore_errors=True)
+    pirate_eval = write_jsonl(tmp / "pirate_heldout.jsonl",
+                              [json.loads(line) for line in (ROOT / "jobs/data/pirate_chat.jsonl").read_text()
+                               .splitlines()[-48:]])
+    return SimpleNamespace(
+        tmp=tmp, store=store, pirate=results["pirate"]["adapter_uri"], pirate_job=results["pirate"]["job_id"],
+        labels=results["labels"]["adapter_uri"], sentiment_test=test, pirate_eval=pirate_eval,
+    )
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    rc = main(list(argv))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def json_lines(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.strip().splitlines()]
+
+
+# --------------------------------------------------------------------------- try
+
+
+@pytest.mark.integration
+def test_try_adapter_changes_text_and_scale_zero_is_the_base(trained, capsys):
+    prompts = ["Tell me about the treasure.", "How is your parrot?"]
+    rc, out, err = run_cli(capsys, "try", trained.pirate, "--prompt", prompts[0], "--prompt", prompts[1],
+                           "--scale", "0", "1", "--max-new-tokens", "24", "--json")
+    assert rc == 0, err
+    records = json_lines(out)
+    assert [r["prompt"] for r in records] == prompts
+    for r in records:
+        zero, one = r["outputs"]
+        assert (zero["scale"], one["scale"]) == (0.0, 1.0)
+        assert zero["token_ids"] == r["base_token_ids"] and zero["text"] == r["base"]
+        assert one["token_ids"] != r["base_token_ids"] and one["text"] != r["base"]
+        assert len(r["base_token_ids"]) == 24  # the random base never emits eos
+        # The random base emits unused vocabulary rows; the adapter learned English bytes.
+        assert sum(ch.isalpha() or ch == " " for ch in one["text"]) >= 0.8 * len(one["text"]) > 0
+        assert "<2" in r["base"]
+
+
+@pytest.mark.integration
+def test_try_by_job_id_prints_a_table(trained, capsys):
+    rc, out, err = run_cli(capsys, "try", trained.pirate_job, "--store", str(trained.store), "--prompt",
+                           "Say something about your ship.", "--scale", "0.5", "--max-new-tokens", "8")
+    assert rc == 0, err
+    assert "Say something" in out and "base" in out and "×0.5" in out and "tiny-llama" in out
+
+
+@pytest.mark.integration
+def test_several_adapters_share_one_base_and_do_not_interfere(trained, capsys):
+    review = "Review: What a superb view!\nSentiment:"
+    rc, out, err = run_cli(capsys, "try", trained.pirate, "--adapter", trained.labels, "--prompt", review,
+                           "--prompt", "Review: Honestly, dreadful food.\nSentiment:", "--max-new-tokens", "9",
+                           "--json")
+    assert rc == 0, err
+    both = json_lines(out)
+    assert [o["uri"] for o in both[0]["outputs"]] == [trained.pirate, trained.labels]
+    # The label adapter answers with the right label string, greedy, in its own column.
+    assert both[0]["outputs"][1]["text"] == " positive" and both[1]["outputs"][1]["text"] == " negative"
+    rc, out, err = run_cli(capsys, "try", trained.labels, "--prompt", review, "--max-new-tokens", "9", "--json")
+    assert rc == 0, err
+    alone = json_lines(out)[0]
+    assert alone["outputs"][0]["token_ids"] == both[0]["outputs"][1]["token_ids"]
+
+
+# --------------------------------------------------------------------------- eval
+
+
+@pytest.mark.integration
+def test_eval_loss_drops_scale_zero_is_exactly_the_base_and_results_are_saved(trained, capsys):
+    rc, out, err = run_cli(capsys, "eval", trained.pirate, "--data", str(trained.pirate_eval),
+                           "--scale", "0", "0.5", "1", "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["format"] == "chat" and s["examples"] == 48 and s["labels"] is None and s["seq_len"] == 128
+    base, zero, half, one = s["results"]
+    assert base["model"] == "base" and [r["scale"] for r in (zero, half, one)] == [0.0, 0.5, 1.0]
+    assert zero["loss"] == base["loss"] and zero["loss_delta"] == 0.0  # exactly, not approximately
+    assert one["loss"] < base["loss"] - 0.3, (base["loss"], one["loss"])
+    assert one["loss"] < half["loss"] < base["loss"]
+    for r in s["results"]:
+        assert r["perplexity"] == pytest.approx(math.exp(r["loss"]))
+        assert r["label_tokens"] == base["label_tokens"] > 1000
+    # Written beside adapter/ in the job directory; the published adapter is untouched.
+    job_dir = Path(trained.pirate).parent
+    assert s["saved"] == {trained.pirate_job: str(job_dir / "eval" / "pirate_heldout.json")}
+    saved = json.loads((job_dir / "eval" / "pirate_heldout.json").read_text())
+    assert saved["base"]["loss"] == base["loss"] and [r["loss"] for r in saved["results"]] == [
+        zero["loss"], half["loss"], one["loss"]]
+    assert sorted(p.name for p in Path(trained.pirate).iterdir()) == [
+        "adapter_config.json", "adapter_model.safetensors", "lorafarm.json"]
+
+
+@pytest.mark.integration
+def test_eval_of_a_pulled_copy_writes_inside_it_and_the_copy_stays_valid(trained, capsys, tmp_path):
+    from lorafarm.adapter.save import pull
+
+    local = tmp_path / "copy"
+    pull(trained.pirate, local)
+    rc, out, err = run_cli(capsys, "eval", str(local), "--data", str(trained.pirate_eval), "--max-examples", "8",
+                           "--name", "quick", "--json")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["saved"] == {trained.pirate_job: str(local / "eval" / "quick.json")}
+    assert (local / "eval" / "quick.json").exists()
+    pull(str(local), tmp_path / "again")  # files outside the manifest do not invalidate it
+    assert not (tmp_path / "again" / "eval").exists()
+
+
+@pytest.mark.integration
+def test_labelled_set_accuracy_adapter_beats_base(trained, capsys):
+    rc, out, err = run_cli(capsys, "eval", trained.labels, "--data", str(trained.sentiment_test), "--json",
+                           "--no-save")
+    assert rc == 0, err
+    s = json.loads(out)
+    assert s["labels"] == [" negative", " positive"] and s["examples"] == 60 and s["saved"] == {}
+    base, adapter = s["results"]
+    assert adapter["accuracy"] >= 0.9, adapter
+    assert adapter["accuracy"] >= base["accuracy"] + 0.3, (base, adapter)
+    assert adapter["loss"] < base["loss"]
+    assert adapter["accuracy_delta"] == pytest.approx(adapter["accuracy"] - base["accuracy"])
+    # The table form names the labels and both rows.
+    rc, out, err = run_cli(capsys, "eval", trained.labels, "--data", str(trained.sentiment_test), "--no-save")
+    assert rc == 0, err
+    assert "accuracy" in out and '" positive"' in out and "base" in out
+
+
+# --------------------------------------------------------------------------- merge --scale
+
+
+@pytest.mark.integration
+def test_merge_at_a_scale_matches_the_scaled_adapter(trained, tmp_path):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from lorafarm.adapter.merge import merge_adapter
+    from lorafarm.use.load import session
+
+    ids = torch.randint(4, 200, (2, 20), generator=torch.Generator().manual_seed(0))
+    merged = {}
+    for scale in (0.0, 0.5):
+        out = merge_adapter(trained.pirate, str(tmp_path / f"merged-{scale}"), scale=scale)
+        m = AutoModelForCausalLM.from_pretrained(out).eval()
+        with torch.no_grad():
+            merged[scale] = m(ids).logits
+    with session([trained.pirate], device="cpu") as s, torch.no_grad():
+        with s.active(None):
+            base = s.model(ids).logits
+        with s.active(s.adapters[0], 0.5):
+            half = s.model(ids).logits
+        with s.active(s.adapters[0], 1.0):
+            full = s.model(ids).logits
+    torch.testing.assert_close(merged[0.0], base, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(merged[0.5], half, rtol=1e-4, atol=1e-4)
+    assert (half - base).abs().max() > 1e-3 and (full - half).abs().max() > 1e-3
+
+
+# --------------------------------------------------------------------------- refusals
+
+
+@pytest.mark.integration
+def test_adapter_on_a_base_of_other_shapes_is_refused_naming_both(trained, tmp_path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lorafarm.model.tiny import TINY_CONFIG, build_tokenizer
+
+    other = tmp_path / "narrow-llama"
+    LlamaForCausalLM(LlamaConfig(**{**TINY_CONFIG, "hidden_size": 64, "intermediate_size": 128})).save_pretrained(other)
+    build_tokenizer().save_pretrained(other)
+    proc = subprocess.run([*CLI, "try", trained.pirate, "--base", str(other), "--prompt", "hi"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300, env=env())
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr and proc.stdout == ""
+    err = " ".join(proc.stderr.split())
+    assert "does not fit base" in err and str(other) in err and "'tiny-llama'" in err, err
+    assert "adapter expects in=128 out=128, base has in=64 out=64" in err, err
+
+
+@pytest.mark.integration
+def test_missing_or_incomplete_adapter_is_refused_as_in_pull(trained, capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "eval", str(tmp_path / "nothing"), "--data", str(trained.pirate_eval))
+    assert rc == 1 and "no adapter here" in err and "lorafarm.json" in err
+
+    broken = tmp_path / "broken"
+    shutil.copytree(trained.pirate, broken)
+    (broken / "adapter_model.safetensors").write_bytes(b"half an adapter")
+    rc, _, err = run_cli(capsys, "try", str(broken), "--prompt", "hi")
+    assert rc == 1 and "incomplete or corrupt" in err and "adapter_model.safetensors" in err
+
+    (broken / "adapter_model.safetensors").unlink()
+    rc, _, err = run_cli(capsys, "eval", str(broken), "--data", str(trained.pirate_eval))
+    assert rc == 1 and "adapter_model.safetensors: missing" in " ".join(err.split())
+
+    rc, _, err = run_cli(capsys, "try", "no-such-job-20990101-000000-abcd", "--store", str(trained.store),
+                         "--prompt", "hi")
+    assert rc == 1 and "not found" in err
+
+
+# --------------------------------------------------------------------------- fast unit tests
+
+
+def test_usage_errors_exit_2(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "try", str(tmp_path), "--scale", "1")
+    assert rc == 2 and "--prompt" in err
+    rc, _, err = run_cli(capsys, "try", "--prompt", "hi")
+    assert rc == 2 and "no adapter given" in err
+    rc, _, err = run_cli(capsys, "eval", str(tmp_path), "--data", "x.jsonl", "--batch-size", "0")
+    assert rc == 2 and "--batch-size 0" in err
+    with pytest.raises(SystemExit) as e:
+        main(["eval", str(tmp_path)])  # --data is required
+    assert e.value.code == 2
+
+
+def test_label_set_detection():
+    from lorafarm.errors import SpecError
+    from lorafarm.use.evaluate import label_set
+
+    rows = sentiment_rows(0, 10)
+    assert label_set(rows, "prompt_completion", "auto") == [" negative", " positive"]
+    assert label_set(rows, "prompt_completion", "none") is None
+    assert label_set(rows, "prompt_completion", " positive, negative") == [" positive", " negative"]
+    free_text = [{"prompt": "p", "completion": f"answer {i}"} for i in range(10)]
+    assert label_set(free_text, "prompt_completion", "auto") is None
+    assert label_set(rows, "chat", "auto") is None
+    with pytest.raises(SpecError, match="' negative'"):
+        label_set(rows, "prompt_completion", " positive,neutral")
+    with pytest.raises(SpecError, match="prompt_completion"):
+        label_set(rows, "text", "a,b")
+
+
+def test_prompts_are_rendered_as_training_saw_them():
+    """The rendered prompt is exactly the training encoding up to the first trained token."""
+    from lorafarm.data.formats import IGNORE, encode
+    from lorafarm.model.tiny import build_tokenizer
+    from lorafarm.use.generate import render_prompt
+
+    tok = build_tokenizer()
+    cases = [
+        ("chat", {"messages": [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Hi?"},
+                               {"role": "assistant", "content": "Arr."}]},
+         [{"role": "system", "content": "Be a pirate."}, {"role": "user", "content": "Hi?"}]),
+        ("chat", {"messages": [{"role": "user", "content": "Hi?"}, {"role": "assistant", "content": "Arr."}]}, "Hi?"),
+        ("prompt_completion", {"prompt": "Review: ok\nSentiment:", "completion": " positive"},
+         "Review: ok\nSentiment:"),
+    ]
+    for fmt, example, prompt in cases:
+        enc = encode(example, fmt, tok, 512)
+        first_target = next(i for i, lab in enumerate(enc.labels) if lab != IGNORE)
+        assert render_prompt(prompt, fmt, tok) == enc.input_ids[: first_target + 1], fmt
+
+
+def test_results_go_beside_the_adapter_in_a_job_dir_else_inside(tmp_path):
+    from lorafarm.use.evaluate import default_name, results_uri
+
+    job = tmp_path / "demo" / "job-1"
+    (job / "adapter").mkdir(parents=True)
+    (job / "spec.yaml").write_text("tenant: demo\n")
+    assert results_uri(str(job / "adapter"), "x") == str(job / "eval" / "x.json")
+    plain = tmp_path / "adapter"
+    plain.mkdir()
+    assert results_uri(str(plain), "x") == str(plain / "eval" / "x.json")
+    assert results_uri("s3://b/p/my-adapter", "x") == "s3://b/p/my-adapter/eval/x.json"
+    assert default_name("s3://b/data/Held Out.v2.jsonl") == "held-out.v2"
