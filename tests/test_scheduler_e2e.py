@@ -90,7 +90,7 @@ def test_ray_job_submit_wait_pull_and_stop(head, tmp_path):
         "while time.time() < deadline:\n"
         "    live = [p for p in ray.util.placement_group_table().values() if p['state'] != 'REMOVED']\n"
         "    actors = [a for a in list_actors(filters=[('state', '=', 'ALIVE')])\n"
-        "              if a.class_name not in ('Scheduler', 'JobSupervisor')]\n"
+        "              if a.class_name not in ('Scheduler', 'JobSupervisor') and not a.class_name.startswith('_')]\n"
         "    if not live and not actors: sys.exit(0)\n"
         "    time.sleep(0.5)\n"
         "print('left:', live, actors); sys.exit(1)\n"
