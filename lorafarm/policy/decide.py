@@ -2,13 +2,17 @@
 
 Order of service, for every call:
 
-1. **Priority class**, aged: a job's rank is its class value plus ``aging_per_hour`` points for
-   every *whole* hour it has waited. Whole hours keep jobs of one class and one hour tied, so
-   that fair share (not submission order by a few seconds) decides between tenants.
-2. **Weighted fair share** between tenants of equal rank: the tenant with the smallest dominant
+1. **Priority band**, aged: a job's value is its class value plus ``aging_per_hour`` points for
+   every *whole* hour it has waited, rounded down to a class value (its *band*): a job is
+   promoted to the next class once its points reach that class. Between promotions, jobs of
+   one band are equal, so that fair share (not how long they have waited) decides.
+2. **Weighted fair share** between tenants of equal band: the tenant with the smallest dominant
    share (max of CPU and GPU fraction it holds, divided by its weight) goes first, recomputed
    after every start (weighted DRF).
-3. **Submission time**, then job id, so every decision is deterministic.
+3. Within a tenant and band, **shortest estimated duration** first when the caller knows
+   ``estimated_duration`` (unknown = last), except in the top band, which is served in
+   submission order so that nothing starves there; then **submission time**, then job id,
+   so every decision is deterministic.
 
 A job starts only as a whole gang and only within its tenant's quota. The first job that would
 be next but does not fit (the *head*) gets a reservation: everything it could use is withheld,
@@ -20,6 +24,7 @@ With ``policy.preemption`` on, a blocked head may stop running jobs of strictly 
 
 from __future__ import annotations
 
+import bisect
 import heapq
 import math
 from collections.abc import Sequence
@@ -45,16 +50,14 @@ class _Usage:
 @dataclass(slots=True)
 class _TenantQueue:
     name: str
-    jobs: list[tuple[float, float, float, str, JobRequest]] = field(default_factory=list)  # sorted best first
-    pos: int = 0
+    # a heap, best first: (-band, estimate, submitted, job id, index, job)
+    jobs: list[tuple[float, float, float, str, int, JobRequest]] = field(default_factory=list)
     weight: float = 1.0
-
-    def head(self) -> tuple[float, float, float, str, JobRequest] | None:
-        return self.jobs[self.pos] if self.pos < len(self.jobs) else None
 
 
 def rank(job: JobRequest | RunningJob, tenants: TenantsConfig, now: float) -> float:
-    """The job's aged priority: class value plus aging points per whole hour waited."""
+    """The job's aged priority: class value plus aging points per whole hour waited (``decide``
+    rounds it down to a class value, the job's band)."""
     waited_hours = max(0.0, now - job.submitted_at) // HOUR
     return tenants.priority_value(job.priority) + tenants.policy.aging_per_hour * waited_hours
 
@@ -92,36 +95,42 @@ def decide(
         u.cpus += job.cpus
         u.gpus += job.gpus
 
-    # rank every queued job (the one O(n) pass), per tenant; a tenant's list is sorted best first
+    # rank every queued job (the one O(n) pass) into its tenant's list, then sort each list
     classes = tenants.priority_classes
+    levels = sorted(set(classes.values()))
+    top = levels[-1]
     fallback = tenants.priority_value(tenants.default_priority)
     aging = tenants.policy.aging_per_hour
     queues: dict[str, _TenantQueue] = {}
     min_cpus = min_gpus = math.inf
+    shapes: set[tuple[int, float, float]] = set()
     for job in queued:
         value = classes.get(job.priority, fallback)
         if aging:
             waited = now - job.submitted_at
             if waited >= HOUR:
-                value += aging * (waited // HOUR)
+                value = levels[bisect.bisect_right(levels, value + aging * (waited // HOUR)) - 1]
         q = queues.get(job.tenant)
         if q is None:
             q = queues[job.tenant] = _TenantQueue(job.tenant)
         est = job.estimated_duration
-        q.jobs.append((-value, math.inf if est is None else est, job.submitted_at, job.job_id, job))
+        if est is None or value == top:
+            est = math.inf  # the top band is served in submission order, so nothing starves there
+        q.jobs.append((-value, est, job.submitted_at, job.job_id, len(q.jobs), job))
+        shapes.add((job.workers, job.cpus_per_worker, job.gpus_per_worker))
         cpus, gpus = job.workers * job.cpus_per_worker, job.workers * job.gpus_per_worker
         if cpus < min_cpus:
             min_cpus = cpus
         if gpus < min_gpus:
             min_gpus = gpus
     for q in queues.values():
-        q.jobs.sort(key=_order)
+        heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
         q.weight = tenants.weight(q.name)
 
     total_cpus, total_gpus = cluster.total_cpus, cluster.total_gpus
 
     def key(q: _TenantQueue) -> tuple:
-        neg_rank, _, submitted, job_id, _ = q.jobs[q.pos]
+        neg_band, _, submitted, job_id, _, _ = q.jobs[0]
         u = usage.get(q.name)
         if u is None:
             share = 0.0
@@ -129,7 +138,7 @@ def decide(
             cpu = u.cpus / total_cpus if total_cpus > 0 else 0.0
             gpu = u.gpus / total_gpus if total_gpus > 0 else 0.0
             share = max(cpu, gpu) / q.weight
-        return (neg_rank, share, submitted, job_id, q.name)
+        return (neg_band, share, submitted, job_id, q.name)
 
     heap = [(key(q), q.name) for q in queues.values()]
     heapq.heapify(heap)
@@ -143,12 +152,12 @@ def decide(
     while heap:
         if pool.cpus <= EPS and pool.gpus <= EPS:
             break  # nothing left to give (every worker needs some CPU or GPU)
-        if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus):
-            break  # after the head's reservation not even the smallest queued job fits: done
+        if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus
+                                 or len(pool.failed) >= len(shapes)):
+            break  # after the head's reservation no queued job can fit any more: done
         _, name = heapq.heappop(heap)
         q = queues[name]
-        job = q.jobs[q.pos][4]
-        q.pos += 1
+        job = heapq.heappop(q.jobs)[5]
         considered += 1
         u = usage.get(name)
         if u is None:
@@ -172,7 +181,7 @@ def decide(
                     if not tenants.policy.backfill:
                         break
                     pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker)
-        if q.pos < len(q.jobs):
+        if q.jobs:
             heapq.heappush(heap, (key(q), name))
 
     preempt: tuple[str, ...] = ()
@@ -183,10 +192,6 @@ def decide(
         preempt_for=head.job_id if preempt else None, reserved_for=head.job_id if head else None,
         never_fits=never_fits, considered=considered,
     )
-
-
-def _order(item: tuple[float, float, float, str, JobRequest]) -> tuple[float, float, float, str]:
-    return item[0], item[1], item[2], item[3]
 
 
 def choose_victims(

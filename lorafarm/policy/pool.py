@@ -28,7 +28,7 @@ def per_node(free_cpus: float, free_gpus: float, cpus: float, gpus: float) -> fl
 class Pool:
     """Mutable free resources: aggregate, and per node when the cluster gave nodes."""
 
-    __slots__ = ("cpus", "gpus", "names", "index", "node_cpus", "node_gpus", "cap_cpus", "cap_gpus")
+    __slots__ = ("cpus", "gpus", "names", "index", "node_cpus", "node_gpus", "cap_cpus", "cap_gpus", "failed")
 
     def __init__(self, cluster: ClusterState):
         self.cpus = cluster.free_cpus
@@ -40,22 +40,29 @@ class Pool:
         self.node_gpus = [n.free_gpus for n in nodes or ()]
         self.cap_cpus = [n.total_cpus for n in nodes or ()]
         self.cap_gpus = [n.total_gpus for n in nodes or ()]
+        self.failed: set[tuple[int, float, float]] = set()  # shapes that did not fit (free only shrinks)
 
     def copy(self) -> Pool:
         new = object.__new__(Pool)
         new.cpus, new.gpus, new.names, new.index = self.cpus, self.gpus, self.names, self.index
         new.node_cpus, new.node_gpus = list(self.node_cpus), list(self.node_gpus)
         new.cap_cpus, new.cap_gpus = self.cap_cpus, self.cap_gpus
+        new.failed = set(self.failed)
         return new
 
     def place(self, workers: int, cpus: float, gpus: float) -> Placement | None:
         """Where the gang would go (``()`` without node data), or None if it does not fit now."""
+        shape = (workers, cpus, gpus)
+        if shape in self.failed:
+            return None  # it did not fit before, and nothing has been given back since
         if workers * cpus > self.cpus + EPS or workers * gpus > self.gpus + EPS:
+            self.failed.add(shape)
             return None
         if self.names is None:
             return ()
         counts = [per_node(c, g, cpus, gpus) for c, g in zip(self.node_cpus, self.node_gpus, strict=True)]
         if sum(min(k, workers) for k in counts) < workers:
+            self.failed.add(shape)
             return None
         order = sorted((i for i, k in enumerate(counts) if k >= 1),
                        key=lambda i: (self.node_gpus[i], self.node_cpus[i]))
@@ -70,6 +77,8 @@ class Pool:
 
     def take(self, workers: int, cpus: float, gpus: float, placement: Placement, sign: float = 1.0) -> None:
         """Allocate a placed gang (``sign=-1`` gives it back)."""
+        if sign < 0:
+            self.failed.clear()
         self.cpus -= sign * workers * cpus
         self.gpus -= sign * workers * gpus
         if self.names is not None and placement:
@@ -93,6 +102,9 @@ class Pool:
             m = min(workers, per_node(self.cap_cpus[i], self.cap_gpus[i], cpus, gpus))
             self.node_cpus[i] -= min(self.node_cpus[i], m * cpus)
             self.node_gpus[i] -= min(self.node_gpus[i], m * gpus)
+        # what is left in total is at most what is left on the nodes together
+        self.cpus = min(self.cpus, sum(self.node_cpus))
+        self.gpus = min(self.gpus, sum(self.node_gpus))
 
     def could_fit(self, cpus: float, gpus: float) -> bool:
         """Cheap necessary test: do the totals cover (cpus, gpus)?"""

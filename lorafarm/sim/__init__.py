@@ -23,16 +23,17 @@ __all__ = [
 
 
 def simulate(jobs: Sequence[SimJob], cluster: ClusterSpec, tenants: TenantsConfig, policy: str = "lorafarm",
-             tick_s: float | None = None, record_series: bool = True) -> SimResult:
+             tick_s: float | None = None, record_series: bool = True, estimates: bool = True) -> SimResult:
     """Run one named policy (``lorafarm``, ``fifo``, ``sjf``) over ``jobs``."""
     from ..policy.baselines import POLICIES
 
     if policy not in POLICIES:
         raise ValueError(f"unknown policy {policy!r} — use one of {', '.join(POLICIES)}")
-    return Simulator(jobs, cluster, tenants, POLICIES[policy], policy, tick_s, record_series).run()
+    return Simulator(jobs, cluster, tenants, POLICIES[policy], policy, tick_s, record_series, estimates).run()
 
 
 def run_policies(jobs: Sequence[SimJob], cluster: ClusterSpec, tenants: TenantsConfig, policies: Sequence[str],
-                 starvation_bound_s: float = DEFAULT_STARVATION_BOUND_S) -> tuple[list[SimResult], list[dict[str, Any]]]:
-    results = [simulate(jobs, cluster, tenants, p) for p in policies]
+                 starvation_bound_s: float = DEFAULT_STARVATION_BOUND_S, estimates: bool = True,
+                 ) -> tuple[list[SimResult], list[dict[str, Any]]]:
+    results = [simulate(jobs, cluster, tenants, p, estimates=estimates) for p in policies]
     return results, [summarize(r, starvation_bound_s) for r in results]

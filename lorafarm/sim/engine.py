@@ -14,7 +14,10 @@ not allowed, that can never fit (``check_admissible``) or whose tenant already h
 
 The simulator trusts no policy: it checks every start against the free resources (a start that
 does not fit is refused and counted as a capacity violation) and every tenant's usage against
-its quota after each start (counted as a quota violation). A preempted job goes back to the
+its quota after each start (counted as a quota violation). With ``estimates`` (the default)
+each queued job carries its true remaining duration as ``estimated_duration`` (what SJF needs,
+and what ``decide`` uses to order a tenant's own jobs); without, the policy sees exactly what
+the live scheduler passes today (no estimates). A preempted job goes back to the
 queue with its original submission time and resumes from its last checkpoint (its remaining
 work), as a LoRA job does.
 """
@@ -106,13 +109,15 @@ class Simulator:
     """One run of one policy over one trace (call :meth:`run`)."""
 
     def __init__(self, jobs: Sequence[SimJob], cluster: ClusterSpec, tenants: TenantsConfig, policy: Policy,
-                 policy_name: str = "lorafarm", tick_s: float | None = None, record_series: bool = True):
+                 policy_name: str = "lorafarm", tick_s: float | None = None, record_series: bool = True,
+                 estimates: bool = True):
         self.jobs = list(jobs)
         self.cluster = cluster
         self.tenants = tenants
         self.policy = policy
         self.tick_s = tick_s
         self.record = record_series
+        self.estimates = estimates  # pass each job's (remaining) duration as its estimate
         self.result = SimResult(policy_name, cluster, tenants, {j.job_id: JobOutcome(j) for j in self.jobs})
         if len(self.result.outcomes) != len(self.jobs):
             raise ValueError("job ids in the trace must be unique")
@@ -215,7 +220,7 @@ class Simulator:
             out.rejected = f"priority {priority!r} is not allowed for tenant {j.tenant!r}"
             return False
         req = JobRequest(j.job_id, j.tenant, j.workers, j.cpus_per_worker, j.gpus_per_worker, priority,
-                         j.submit_time, self.remaining[job_id])
+                         j.submit_time, self.remaining[job_id] if self.estimates else None)
         reason = check_admissible(req, tenants, self.capacity)
         if reason:
             out.rejected = reason
@@ -324,7 +329,7 @@ class Simulator:
         self.result.outcomes[job_id].preempted += 1
         self.result.preemptions += 1
         self._enqueue(JobRequest(job.job_id, job.tenant, job.workers, job.cpus_per_worker, job.gpus_per_worker,
-                                 job.priority, job.submitted_at, self.remaining[job_id]))
+                                 job.priority, job.submitted_at, self.remaining[job_id] if self.estimates else None))
 
     # ------------------------------------------------------------------ accounting
     def _integrate(self, t0: float, t1: float) -> None:

@@ -41,7 +41,7 @@ from pathlib import Path
 COLUMNS = ("submit_time", "tenant", "job_id", "gpus_per_worker", "workers", "duration", "priority",
            "cpus_per_worker")
 FORMATS = ("lorafarm", "philly", "helios", "pai")
-_BAD_NAME = re.compile(r"[^A-Za-z0-9_.-]+")
+_BAD_NAME = re.compile(r"[^a-z0-9-]+")
 
 
 class TraceError(ValueError):
@@ -188,9 +188,9 @@ def _read_lorafarm(path: Path) -> list[SimJob]:
 
 
 def _tenant(name: object) -> str:
-    """A trace's user/vc as a valid tenant name."""
-    text = _BAD_NAME.sub("-", str(name or "unknown")).strip("-.") or "unknown"
-    return text[:63]
+    """A trace's user/vc as a valid tenant name (lowercase letters, digits, '-'; at most 40)."""
+    text = _BAD_NAME.sub("-", str(name or "unknown").lower()).strip("-") or "unknown"
+    return text[:40]
 
 
 def _time(value: object, where: str) -> float:
