@@ -1,7 +1,12 @@
 """Prometheus metrics of the scheduler (prefix ``lorafarm_``), one registry per scheduler.
 
 Label values come only from validated names (tenant, job id, state, outcome), and per-job
-series are removed when the job ends, so cardinality stays bounded by running jobs.
+series (``{tenant, job_id}``: loss, eval loss, step, tokens/s, GPU memory, MFU) are removed when
+the job ends, so cardinality stays bounded by running jobs. The job's label is ``job_id``, not
+``job``: Prometheus attaches its own ``job`` (and ``instance``) target label to every scraped
+series and would rename ours to ``exported_job``.
+
+Cost of a scrape (``bench/metrics_bench.py``): see the figure in that file's docstring.
 """
 
 from __future__ import annotations
@@ -26,13 +31,20 @@ class Metrics:
         self.duration = Histogram("lorafarm_job_duration_seconds", "Start to end, by outcome", ["tenant", "outcome"],
                                   buckets=DURATION_BUCKETS, registry=r)
         self.tokens = Counter("lorafarm_train_tokens_total", "Tokens trained", ["tenant"], registry=r)
-        self.train_loss = Gauge("lorafarm_train_loss", "Latest train loss of a running job", ["tenant", "job"],
+        self.train_loss = Gauge("lorafarm_train_loss", "Latest train loss of a running job", ["tenant", "job_id"],
                                 registry=r)
-        self.eval_loss = Gauge("lorafarm_eval_loss", "Latest eval loss of a running job", ["tenant", "job"],
+        self.eval_loss = Gauge("lorafarm_eval_loss", "Latest eval loss of a running job", ["tenant", "job_id"],
                                registry=r)
-        self.tokens_per_s = Gauge("lorafarm_job_tokens_per_second", "Throughput of a running job", ["tenant", "job"],
+        self.tokens_per_s = Gauge("lorafarm_job_tokens_per_second", "Throughput of a running job", ["tenant", "job_id"],
                                   registry=r)
-        self.job_step = Gauge("lorafarm_job_step", "Optimizer step of a running job", ["tenant", "job"], registry=r)
+        self.job_step = Gauge("lorafarm_job_step", "Optimizer step of a running job", ["tenant", "job_id"], registry=r)
+        self.job_total_steps = Gauge("lorafarm_job_total_steps", "Optimizer steps a running job will take",
+                                     ["tenant", "job_id"], registry=r)
+        # GPU only (absent on CPU): peak memory allocated on rank 0, and model FLOPs utilisation
+        self.gpu_memory = Gauge("lorafarm_job_gpu_memory_bytes", "Peak GPU memory allocated by a running job's rank 0",
+                                ["tenant", "job_id"], registry=r)
+        self.mfu = Gauge("lorafarm_job_mfu_ratio", "Model FLOPs utilisation of a running job (0-1)", ["tenant", "job_id"],
+                         registry=r)
         self.step_seconds = Histogram("lorafarm_train_step_seconds", "Optimizer step time", ["tenant"],
                                       buckets=STEP_BUCKETS, registry=r)
         self.gpu_seconds = Counter("lorafarm_gpu_seconds_total", "GPU-seconds held by running jobs (chargeback)",
@@ -53,6 +65,8 @@ class Metrics:
                                           buckets=(1e-5, 1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1), registry=r)
         self.up.set(1)
         self._job_series: dict[str, str] = {}  # job -> tenant, for removal
+        self._per_job = (self.train_loss, self.eval_loss, self.tokens_per_s, self.job_step, self.job_total_steps,
+                         self.gpu_memory, self.mfu)
 
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
@@ -61,9 +75,15 @@ class Metrics:
         self._job_series[job] = tenant
         self.train_loss.labels(tenant, job).set(event["loss"])
         self.job_step.labels(tenant, job).set(event["step"])
+        if "total_steps" in event:
+            self.job_total_steps.labels(tenant, job).set(event["total_steps"])
         self.tokens_per_s.labels(tenant, job).set(event.get("tokens_per_s", 0.0))
         if "eval_loss" in event:
             self.eval_loss.labels(tenant, job).set(event["eval_loss"])
+        if "gpu_memory_bytes" in event:
+            self.gpu_memory.labels(tenant, job).set(event["gpu_memory_bytes"])
+        if "mfu" in event:
+            self.mfu.labels(tenant, job).set(event["mfu"])
         if tokens_delta > 0:
             self.tokens.labels(tenant).inc(tokens_delta)
         if "step_time_s" in event:
@@ -83,7 +103,7 @@ class Metrics:
         tenant = self._job_series.pop(job, None)
         if tenant is None:
             return
-        for gauge in (self.train_loss, self.eval_loss, self.tokens_per_s, self.job_step):
+        for gauge in self._per_job:
             try:
                 gauge.remove(tenant, job)
             except KeyError:

@@ -104,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
 # Command groups that live in their own modules. Each exposes ``add_parsers(sub, parser_class)``
 # and ``HANDLERS`` ({command name: handler(args, console) -> exit code}); heavy imports stay
 # inside the handlers so ``lorafarm --help`` is fast.
-COMMAND_MODULES: tuple[str, ...] = ("use_cmds", "sim_cmds")
+COMMAND_MODULES: tuple[str, ...] = ("use_cmds", "sim_cmds", "ops_cmds")
 
 
 def _command_modules() -> list[Any]:

@@ -1,4 +1,5 @@
-"""A rich progress bar fed by the job's progress events (step, loss, tokens/s, ETA)."""
+"""A rich progress bar fed by the job's progress events (step, loss, tokens/s, ETA; GPU memory and
+MFU on GPU)."""
 
 from __future__ import annotations
 
@@ -28,6 +29,7 @@ class JobProgress:
             TextColumn("loss {task.fields[loss]}"),
             TextColumn("eval {task.fields[eval]}"),
             TextColumn("{task.fields[tps]} tok/s"),
+            TextColumn("{task.fields[gpu]}"),  # GPU memory and MFU; empty on CPU
             TimeElapsedColumn(),
             TextColumn("ETA"),
             TimeRemainingColumn(),
@@ -58,10 +60,20 @@ class JobProgress:
             )
         elif kind == "step":
             if self.task is None:
-                self.task = self.progress.add_task("train", total=event["total_steps"], loss="-", eval="-", tps="-")
-            fields = {"loss": f"{event['loss']:.4f}", "tps": f"{event['tokens_per_s']:,.0f}"}
+                self.task = self.progress.add_task("train", total=event["total_steps"], loss="-", eval="-", tps="-",
+                                                   gpu="")
+            fields = {"loss": f"{event['loss']:.4f}", "tps": f"{event['tokens_per_s']:,.0f}", "gpu": _gpu(event)}
             if "eval_loss" in event:
                 fields["eval"] = f"{event['eval_loss']:.4f}"
             self.progress.update(self.task, completed=event["step"], **fields)
         elif kind == "error":
             self.console.log(f"[red]worker error: {event['reason']}")
+
+
+def _gpu(event: dict[str, Any]) -> str:
+    parts = []
+    if event.get("gpu_memory_bytes") is not None:
+        parts.append(f"{event['gpu_memory_bytes'] / 2**30:.1f} GiB")
+    if event.get("mfu") is not None:
+        parts.append(f"MFU {event['mfu']:.0%}")
+    return " ".join(parts)

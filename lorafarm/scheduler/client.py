@@ -13,8 +13,11 @@ def connect() -> None:
     """Join the current Ray cluster (``RAY_ADDRESS``, or the local one ``ray start`` made)."""
     import ray
 
+    from ..rayio import route_ray_messages_to_stderr
+
     if ray.is_initialized():
         return
+    route_ray_messages_to_stderr()
     address = os.environ.get("RAY_ADDRESS") or "auto"
     try:
         ray.init(address=address, namespace=NAMESPACE, log_to_driver=False)

@@ -171,6 +171,7 @@ class SchedulerCore:
                 "; workers stopped" if runner else ""))
             duration = (record.ended_at - record.started_at) if record.started_at and record.ended_at else None
             self.metrics.job_ended(record.tenant, job_id, "cancelled", duration, 0)
+            self.tokens_reported.pop(job_id, None)
             record.reason = "cancelled"
             self._log(job_id, "cancelled")
             self._persist(record)
@@ -211,7 +212,8 @@ class SchedulerCore:
                 self.tokens_reported[job_id] = seen
                 self.metrics.step(record.tenant, job_id, event, delta if delta > 0 else seen)
                 record.progress = {k: event[k] for k in ("step", "total_steps", "loss", "lr", "tokens_per_s",
-                                                         "step_time_s", "tokens_seen", "eval_loss") if k in event}
+                                                         "step_time_s", "tokens_seen", "eval_loss",
+                                                         "gpu_memory_bytes", "mfu") if k in event}
                 self._log(job_id, "step {step}/{total_steps} loss {loss:.4f} {tokens_per_s:.0f} tok/s".format(**event)
                           + (f" eval {event['eval_loss']:.4f}" if "eval_loss" in event else ""))
             elif kind == "phase":

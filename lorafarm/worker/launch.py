@@ -1,5 +1,22 @@
 """Drive one job on Ray Train from the caller's process: prepare data, start the gang of
-workers, stream their progress, return the published adapter's manifest."""
+workers, stream their progress, return the published adapter's manifest.
+
+``<store>/<tenant>/<job-id>/history.jsonl`` is the job's recorded history: one JSON object per
+optimizer step, in step order, rewritten every few seconds while the job trains and once more
+when it ends — succeeded or failed; a cancelled job keeps what the last rewrite held. Keys:
+
+- ``step`` (int, 1-based), ``total_steps`` (int), ``loss`` (float: token-mean train loss of the
+  step's global batch), ``lr`` (float: the learning rate the step used), ``tokens_per_s`` (float:
+  tokens of all ranks ÷ step time), ``step_time_s`` (float), ``tokens_seen`` (int, cumulative);
+- ``eval_loss`` (float) on steps that evaluated (every ``training.eval_every_steps``, and the last
+  step carries the final evaluation);
+- the first line also: ``trainable_params``, ``total_params``, ``optimizer_state_bytes``,
+  ``optimizer_numel`` (ints);
+- on GPU only: ``gpu_memory_bytes`` (peak allocated on rank 0) and ``mfu`` (model FLOPs
+  utilisation, see :mod:`lorafarm.ops.accel`; absent for a device of unknown peak).
+
+Readers ignore keys they do not know (``lorafarm plot`` reads it: :mod:`lorafarm.ops.history`).
+"""
 
 from __future__ import annotations
 
@@ -17,6 +34,8 @@ from ..storage import Store, join, new_job_id, write_bytes
 from .recipe import WorkerConfig, train_loop_per_worker
 
 ProgressFn = Callable[[dict[str, Any]], None]
+HISTORY_FILE = "history.jsonl"
+HISTORY_FLUSH_S = 5.0  # rewrite history.jsonl at most this often while a job trains
 
 
 @dataclass
@@ -46,8 +65,11 @@ def ensure_ray(num_cpus: int | None = None) -> None:
 
     import ray
 
+    from ..rayio import route_ray_messages_to_stderr
+
     if ray.is_initialized():
         return
+    route_ray_messages_to_stderr()
     if os.environ.get("RAY_ADDRESS"):
         ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
@@ -138,27 +160,31 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
     thread.start()
     done: dict[str, Any] | None = None
     error_reason: str | None = None
-    history: list[dict[str, Any]] = []
-    while True:
-        try:
-            event = progress.get(timeout=0.5)
-        except (std_queue.Empty, ray.util.queue.Empty):
-            if outcome.get("finished") and progress.empty():
-                break
-            continue
-        if event["kind"] == "done":
-            done = event
-            history = event.get("history", [])
-        elif event["kind"] == "error":
-            error_reason = error_reason or event["reason"]
-        notify(event)
-    thread.join()
+    history = _History(join(job_uri, HISTORY_FILE))
     try:
-        ray.kill(progress.actor)
-    except Exception:  # noqa: BLE001
-        pass
-    if history:
-        write_bytes(join(job_uri, "history.jsonl"), "".join(json.dumps(h) + "\n" for h in history).encode())
+        while True:
+            try:
+                event = progress.get(timeout=0.5)
+            except (std_queue.Empty, ray.util.queue.Empty):
+                if outcome.get("finished") and progress.empty():
+                    break
+                history.flush_if_due()
+                continue
+            if event["kind"] == "step":
+                history.add({k: v for k, v in event.items() if k != "kind"})
+            elif event["kind"] == "done":
+                done = event
+                history.finish(event.get("history", []), event["manifest"].get("metrics", {}))
+            elif event["kind"] == "error":
+                error_reason = error_reason or event["reason"]
+            notify(event)
+        thread.join()
+    finally:
+        history.flush()  # also when the job failed: the steps it made are worth a plot
+        try:
+            ray.kill(progress.actor)
+        except Exception:  # noqa: BLE001
+            pass
     if "error" in outcome or done is None:
         reason = error_reason or _reason(outcome.get("error")) or "training ended without an adapter"
         raise JobFailed(reason)
@@ -171,6 +197,46 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
         metrics=manifest["metrics"],
         manifest=manifest,
     )
+
+
+class _History:
+    """The job's ``history.jsonl`` (schema in the module docstring), built from rank 0's step
+    events and rewritten whole (atomic on a local store, one PUT on S3) every few seconds."""
+
+    def __init__(self, uri: str):
+        self.uri = uri
+        self.lines: list[dict[str, Any]] = []
+        self.written = 0
+        self.last_flush = time.monotonic()
+
+    def add(self, record: dict[str, Any]) -> None:
+        self.lines.append(record)
+        self.flush_if_due()
+
+    def finish(self, full: list[dict[str, Any]], metrics: dict[str, Any]) -> None:
+        """The worker's own list is complete (a streamed event may have been dropped); the final
+        evaluation, made after the last step, goes on the last line."""
+        if len(full) >= len(self.lines):
+            self.lines = [dict(r) for r in full]
+            self.written = -1  # rewrite
+        final_eval = metrics.get("final_eval_loss")
+        if self.lines and final_eval is not None and "eval_loss" not in self.lines[-1]:
+            self.lines[-1]["eval_loss"] = final_eval
+            self.written = -1
+
+    def flush_if_due(self) -> None:
+        if time.monotonic() - self.last_flush >= HISTORY_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        self.last_flush = time.monotonic()
+        if not self.lines or self.written == len(self.lines):
+            return
+        try:
+            write_bytes(self.uri, "".join(json.dumps(r) + "\n" for r in self.lines).encode())
+            self.written = len(self.lines)
+        except Exception:  # noqa: BLE001 - the history is a record for plots, never a reason to fail a job
+            pass
 
 
 def _reason(exc: BaseException | None) -> str | None:

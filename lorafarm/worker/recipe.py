@@ -89,6 +89,7 @@ class LoraRecipe:
     # ---------------------------------------------------------------- train
     def train(self) -> None:
         from ..data import global_batch, micro_batches, worker_slice
+        from ..ops.accel import gpu_step_metrics
         from ..zero import memory_report
 
         t = self.spec.training
@@ -130,6 +131,8 @@ class LoraRecipe:
             if step == 0:
                 self.memory = self._memory_totals(memory_report(self.engine, self.model))
                 record.update({k: v for k, v in self.memory.items() if k != "frozen_with_grad"})
+            # on GPU only: gpu_memory_bytes (peak allocated, this rank) and mfu; absent on CPU
+            record.update(gpu_step_metrics(self.device, self.memory["total_params"], record["tokens_per_s"], self.world))
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < self.total_steps:
                 record["eval_loss"] = self.last_eval = self.evaluate()
             self._report(record)

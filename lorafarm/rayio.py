@@ -1,0 +1,30 @@
+"""Keep stdout for lorafarm's own results.
+
+A Ray driver prints cluster messages (e.g. "(raylet) WARNING: N worker processes have been
+started") to *stdout* from a background thread, which would break `--json` promises ("the last
+stdout line is one JSON object"). We route those messages to stderr, where logs belong.
+"""
+
+from __future__ import annotations
+
+_patched = False
+
+
+def route_ray_messages_to_stderr() -> None:
+    """Idempotent; a no-op if Ray's internals ever change shape (messages then stay on stdout)."""
+    global _patched
+    if _patched:
+        return
+    try:
+        from ray._private import worker
+    except ImportError:
+        return
+    original = getattr(worker, "print_to_stdstream", None)
+    if original is None:
+        return
+
+    def to_stderr(data, ignore_prefix: bool):
+        return original({**data, "is_err": True}, ignore_prefix)
+
+    worker.print_to_stdstream = to_stderr
+    _patched = True
