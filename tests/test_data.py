@@ -118,7 +118,13 @@ def test_chat_with_hf_chat_template_trains_only_assistant_turns(chatml_tok):
 def test_chat_with_template_first_message_from_assistant(chatml_tok):
     msgs = [{"role": "assistant", "content": "Ahoy!"}, {"role": "user", "content": "Hi"}]
     enc = encode({"messages": msgs}, "chat", chatml_tok, 512)
-    assert trained_text(chatml_tok, enc) == "<|im_start|>assistant\nAhoy!<|im_end|>"[1:]  # pos 0 has no predictor
+    assert chatml_tok.decode(enc.input_ids).startswith("<|im_start|>assistant\nAhoy!")
+    assert trained_text(chatml_tok, enc) == "Ahoy!<|im_end|>"  # the header is not trained, as in later turns
+    # the content also occurs in a preamble the template adds: the span is still the turn's own
+    chatml_tok.chat_template = "Say Ahoy! back.\n" + CHATML
+    enc = encode({"messages": msgs}, "chat", chatml_tok, 512)
+    assert chatml_tok.decode(enc.input_ids).startswith("Say Ahoy! back.\n<|im_start|>assistant\nAhoy!")
+    assert trained_text(chatml_tok, enc) == "Ahoy!<|im_end|>"
 
 
 def test_truncation_cuts_to_seq_len_and_keeps_labels_pre_shifted(tok):
@@ -369,6 +375,7 @@ def test_directory_and_glob_inputs(tmp_path):
     assert list_files(f"file://{d}") == list_files(str(d))
     assert list_files(str(d / "*.jsonl")) == [str(d / "b.jsonl")]
     assert list_files(str(d / "[ab].*")) == [str(d / "a.parquet"), str(d / "b.jsonl")]
+    assert list_files(str(d / "**" / "*.jsonl")) == [str(d / "b.jsonl"), str(d / "sub" / "nested.jsonl")]
     table, _ = read_examples(str(d), spec_for(d))
     assert table.column("text").to_pylist() == ["a1", "b1", "b2", "c1"]
     assert table.column("source_row").to_pylist() == [
@@ -482,11 +489,18 @@ def test_a_change_that_alters_the_rows_is_a_cache_miss(tmp_path, tokenizer_dir, 
 
 
 @pytest.mark.integration
-def test_ray_data_tokenization_matches_local_and_is_cached(tmp_path, tokenizer_dir, ray_session):
+def test_ray_data_tokenization_matches_local_and_is_cached(tmp_path, tokenizer_dir, ray_session, monkeypatch):
+    import lorafarm.data.pipeline as pipeline
+
     data = cache_data(tmp_path / "d.jsonl", n=150)
     spec = job(data, **{"training.packing": True})
     local = prepare(spec, tokenizer_dir, Store.open(str(tmp_path / "s1")), parallel=False)
     store = Store.open(str(tmp_path / "s2"))
+
+    def not_local(*_a, **_k):
+        raise AssertionError("with Ray up, tokenization must run as Ray Data tasks")
+
+    monkeypatch.setattr(pipeline, "_encode_local", not_local)
     ray_prepared = prepare(spec, tokenizer_dir, store, parallel=True)
     assert not ray_prepared.cache_hit and ray_prepared.stats == local.stats
     assert load_rows(ray_prepared.train_uri).to_pylist() == load_rows(local.train_uri).to_pylist()

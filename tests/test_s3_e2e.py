@@ -25,8 +25,13 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
 
 
 def cli(*args: str, env: dict[str, str] | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "lorafarm.cli.main", *args], capture_output=True, text=True,
-                          cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
+    """``lorafarm ARGS`` as its own process, bounded by ``timeout`` (a hang fails with its output)."""
+    try:
+        return subprocess.run([sys.executable, "-m", "lorafarm.cli.main", *args], capture_output=True, text=True,
+                              cwd=ROOT, timeout=timeout, env={**os.environ, **(env or {})})
+    except subprocess.TimeoutExpired as e:
+        err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else (e.stderr or "")
+        pytest.fail(f"`lorafarm {args[0]}` still running after {timeout:.0f} s; stderr tail:\n{err[-3000:]}")
 
 
 def sha256(data: bytes) -> str:
@@ -223,3 +228,33 @@ def test_pull_refuses_a_manifest_naming_files_outside_the_adapter(tmp_path, caps
     err = " ".join(capsys.readouterr().err.split())
     assert rc == 1 and "manifest names files outside the adapter (../evil.sh)" in err, err
     assert not (tmp_path / "a" / "evil.sh").exists() and not (dest / MANIFEST).exists()
+
+
+def test_dataset_reading_on_s3_directory_glob_and_bad_rows(s3, s3_bucket):
+    from lorafarm.data import fingerprint, list_files, read_examples
+    from lorafarm.errors import DataError
+    from lorafarm.spec import DatasetSpec
+
+    b = s3_bucket
+    s3.put_object(Bucket=b, Key="ds/b.jsonl", Body=b'{"text": "b1"}\n\n{"text": ""}\n')
+    buf = io.BytesIO()
+    pq.write_table(pa.table({"text": ["a1", "a2"]}), buf)
+    s3.put_object(Bucket=b, Key="ds/a.parquet", Body=buf.getvalue())
+    s3.put_object(Bucket=b, Key="ds/notes.txt", Body=b"x")
+    s3.put_object(Bucket=b, Key="ds/sub/c.jsonl", Body=b'{"text": "nested"}\n')
+    assert list_files(f"s3://{b}/ds") == [f"s3://{b}/ds/a.parquet", f"s3://{b}/ds/b.jsonl"]
+    assert list_files(f"s3://{b}/ds/") == list_files(f"s3://{b}/ds")
+    assert list_files(f"s3://{b}/ds/*.jsonl") == [f"s3://{b}/ds/b.jsonl"]
+    assert list_files(f"s3://{b}/ds/**/*.jsonl") == [f"s3://{b}/ds/b.jsonl", f"s3://{b}/ds/sub/c.jsonl"]
+    assert list_files(f"s3://{b}/ds/b.jsonl") == [f"s3://{b}/ds/b.jsonl"]
+    with pytest.raises(DataError, match=rf"^s3://{b}/ds/b\.jsonl row 3: column 'text' is empty"):
+        read_examples(f"s3://{b}/ds", DatasetSpec(uri=f"s3://{b}/ds"))
+    table, report = read_examples(f"s3://{b}/ds", DatasetSpec(uri=f"s3://{b}/ds", on_bad_rows="skip"))
+    assert table.column("text").to_pylist() == ["a1", "a2", "b1"] and report.skipped == 1
+    assert table.column("source_row").to_pylist()[2] == f"s3://{b}/ds/b.jsonl:1"
+    with pytest.raises(DataError, match="not found"):
+        list_files(f"s3://{b}/nothing-here")
+    before = fingerprint(f"s3://{b}/ds")
+    assert fingerprint(f"s3://{b}/ds") == before
+    s3.put_object(Bucket=b, Key="ds/b.jsonl", Body=b'{"text": "b9"}\n\n{"text": ""}\n')  # same size, new bytes
+    assert fingerprint(f"s3://{b}/ds") != before

@@ -9,8 +9,9 @@ Loss masks: ``text`` trains on every token; ``prompt_completion`` on the complet
 final eos; ``chat`` on assistant turns only (content plus its end token).
 
 Chat rendering uses the tokenizer's own ``chat_template`` when it has one (assistant spans
-found by rendering growing prefixes and mapping characters to tokens; whitespace the template
-puts after a turn's end token is not trained, as with the built-in template). Otherwise the
+found by rendering growing prefixes and mapping characters to tokens; neither the assistant
+header, even of an opening assistant turn, nor whitespace the template puts after a turn's end
+token is trained, as with the built-in template). Otherwise the
 built-in template, rendered turn by turn::
 
     <|system|>\\n{content}\\n<|user|>\\n{content}\\n<|assistant|>\\n{content}</s>\\n
@@ -27,7 +28,7 @@ from typing import Any
 from ..spec import DatasetSpec
 
 IGNORE = -100
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # bump when encode() gives other rows for the same input: it keys the tokenization cache
 
 
 @dataclass
@@ -91,8 +92,11 @@ def _chat_with_template(messages: list[dict[str, str]], tokenizer) -> tuple[list
     for i, m in enumerate(messages):
         if m["role"] != "assistant":
             continue
-        start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)) if i else 0
         end = len(tokenizer.apply_chat_template(messages[: i + 1], tokenize=False))
+        if i:  # after the conversation so far plus the assistant header
+            start = len(tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True))
+        else:  # no empty conversation to render (transformers refuses it): the content's own offset
+            start = max(0, full.rfind(m["content"], 0, end))
         while end > start and full[end - 1].isspace():  # the newline after the end token is template glue
             end -= 1
         spans.append((start, end))

@@ -44,7 +44,7 @@ def list_files(uri: str) -> list[str]:
     fs, path = filesystem(uri)
     prefix = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
     if any(ch in path for ch in "*?["):
-        found = sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path))
+        found = sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path, recursive=True))  # `**` as on S3
     elif fs.isdir(path):
         found = sorted(e for e in fs.ls(path, detail=False) if not fs.isdir(e))
     elif fs.exists(path):
