@@ -70,6 +70,7 @@ class RayHead:
             raise
 
     def _wait_ready(self, timeout: float = 120.0) -> None:
+        import urllib.error
         import urllib.request
 
         deadline = time.time() + timeout
@@ -79,6 +80,8 @@ class RayHead:
             try:
                 with urllib.request.urlopen(f"{self.dashboard}/api/version", timeout=2) as r:
                     up = r.status == 200
+            except urllib.error.HTTPError:
+                up = True  # it answers (401 when token auth is on)
             except OSError:
                 up = False
             # the job agent comes up after the dashboard: a trivial job proves submissions work

@@ -501,6 +501,7 @@ def test_ray_data_tokenization_matches_local_and_is_cached(tmp_path, tokenizer_d
         raise AssertionError("with Ray up, tokenization must run as Ray Data tasks")
 
     monkeypatch.setattr(pipeline, "_encode_local", not_local)
+    monkeypatch.setattr(pipeline, "LOCAL_BELOW_EXAMPLES", 100)  # 150 examples count as large here
     ray_prepared = prepare(spec, tokenizer_dir, store, parallel=True)
     assert not ray_prepared.cache_hit and ray_prepared.stats == local.stats
     assert load_rows(ray_prepared.train_uri).to_pylist() == load_rows(local.train_uri).to_pylist()
