@@ -5,6 +5,7 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
+from ..errors import AdapterError
 from ..storage import is_remote, normalize
 from .save import pull
 
@@ -18,8 +19,17 @@ def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: flo
         local = Path(tmp) / "adapter"
         src = normalize(adapter)
         manifest = pull(src, local)
-        base_dir = resolve_base(base or manifest["base_model"])
-        model = PeftModel.from_pretrained(load_base(base_dir), str(local))
+        base_name = base or manifest["base_model"]
+        base_dir = resolve_base(base_name)
+        try:
+            model = PeftModel.from_pretrained(load_base(base_dir), str(local))
+        except RuntimeError as e:  # PEFT's load_state_dict: the adapter's shapes are not the base's
+            if "size mismatch" not in str(e):
+                raise
+            raise AdapterError(
+                f"adapter {adapter} (trained on base {manifest.get('base_model')!r}) does not fit base "
+                f"{base_name!r}: LoRA shapes differ — use the base it was trained on (drop --base)"
+            ) from None
         if scale != 1.0:
             for module in model.modules():
                 if hasattr(module, "scaling") and isinstance(module.scaling, dict):

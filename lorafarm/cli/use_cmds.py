@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from ..errors import SpecError
+from ..storage import normalize
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -96,12 +97,12 @@ def try_cmd(args: argparse.Namespace, console: Console) -> int:
     from ..use.generate import load_prompts, try_prompts
     from ..use.load import session
 
-    _quiet()
     scales = _check_numbers(args)
     prompts: list[Any] = list(args.prompt) + (load_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise SpecError(["no prompt given — use --prompt TEXT (repeatable) or --prompts FILE"])
     sources = _sources(args)
+    _quiet()
     with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
         for w in s.warnings:
             console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
@@ -130,11 +131,11 @@ def eval_cmd(args: argparse.Namespace, console: Console) -> int:
     from ..use.evaluate import check_name, default_name, evaluate, save_results
     from ..use.load import session
 
-    _quiet()
     scales = _check_numbers(args)
     name = check_name(args.name) if args.name else default_name(args.data)
     sources = _sources(args)
-    data = args.data if "://" in args.data else _local(args.data)
+    data = normalize(args.data)
+    _quiet()
     with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
         for w in s.warnings:
             console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
@@ -153,12 +154,6 @@ def eval_cmd(args: argparse.Namespace, console: Console) -> int:
     for label, uri in saved.items():
         console.print(f"{label}: results written to {uri}", highlight=False)
     return 0
-
-
-def _local(path: str) -> str:
-    from ..storage import normalize
-
-    return normalize(path)
 
 
 def _print_eval(summary: dict[str, Any]) -> None:

@@ -59,9 +59,9 @@ def load_prompts(uri: str) -> list[Prompt]:
 def render_prompt(prompt: Prompt, fmt: str, tokenizer, system: str | None = None) -> list[int]:
     """Token ids of ``prompt`` as the job's format presented inputs during training."""
     ids: list[int] = []
-    if fmt != "chat" or not getattr(tokenizer, "chat_template", None):
-        if tokenizer.bos_token_id is not None:
-            ids.append(tokenizer.bos_token_id)
+    own_template = fmt == "chat" and getattr(tokenizer, "chat_template", None)
+    if not own_template and tokenizer.bos_token_id is not None:  # a template renders its own bos
+        ids.append(tokenizer.bos_token_id)
     if fmt != "chat":
         text = prompt if isinstance(prompt, str) else "\n".join(m["content"] for m in prompt)
         return ids + _tok(tokenizer, text)
