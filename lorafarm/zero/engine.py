@@ -9,11 +9,31 @@ from ..spec import JobSpec
 from .config import ds_config, lr_lambda
 
 
+def skip_cpu_shm_comm_op() -> None:
+    """Keep DeepSpeed from JIT-building its CPU shared-memory all-reduce op.
+
+    The build runs in every new worker under one machine-wide lock file
+    (``~/.cache/torch_extensions/.../lock``): a worker killed inside that window (a cancel
+    during start-up) leaves the lock behind and every later job on the machine waits forever,
+    and two checkouts rebuild it in turn. LoRA gradients are a few MB at most, so DeepSpeed's
+    fallback (plain torch.distributed over gloo) costs nothing measurable. Set
+    ``LORAFARM_DS_SHM_COMM=1`` to keep the op. GPU backends never use it.
+    """
+    import os
+
+    if os.environ.get("LORAFARM_DS_SHM_COMM") == "1":
+        return
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 def build_engine(model, spec: JobSpec, world_size: int, total_steps: int):
     """``deepspeed.initialize`` with a torch AdamW over the trainable (LoRA) parameters only."""
     import deepspeed
     import torch
 
+    skip_cpu_shm_comm_op()
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("no trainable parameters: LoRA was not applied")
