@@ -76,8 +76,8 @@ def test_ray_job_submit_wait_pull_and_stop(head, tmp_path):
         jobs = head.lorafarm_json("list", "--state", "RUNNING")
         return jobs[0]["job_id"] if jobs else None
 
-    second = wait_until(running_job, 120, "the second job to start")
-    wait_until(lambda: (_state(head, second).get("progress") or {}).get("step"), 240, "a training step")
+    second = wait_until(running_job, 240, "the second job to start")
+    wait_until(lambda: (_state(head, second).get("progress") or {}).get("step"), 480, "a training step")
     t0 = time.time()
     assert head.ray("job", "stop", "--address", head.dashboard, ray_job).returncode == 0
     final = wait_until(lambda: _terminal(head, second), 30, "the cancelled state")
