@@ -86,7 +86,7 @@ def test_ray_job_submit_wait_pull_and_stop(head, tmp_path):
     probe = (
         "import ray, time, sys\nfrom ray.util.state import list_actors\n"
         "ray.init(log_to_driver=False)\n"
-        "deadline = time.time() + 30\n"
+        "deadline = time.time() + 120\n"
         "while time.time() < deadline:\n"
         "    live = [p for p in ray.util.placement_group_table().values() if p['state'] != 'REMOVED']\n"
         "    actors = [a for a in list_actors(filters=[('state', '=', 'ALIVE')])\n"
@@ -97,7 +97,7 @@ def test_ray_job_submit_wait_pull_and_stop(head, tmp_path):
     )
     probe_run = head.python(probe)
     assert probe_run.returncode == 0, probe_run.stdout + probe_run.stderr[-2000:]
-    assert time.time() - t0 < 60
+    assert time.time() - t0 < 150
     assert not (Path(head.store) / "demo" / second / "adapter" / "lorafarm.json").exists()
 
 
