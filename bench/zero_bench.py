@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             p_lora = mem[0]["trainable_params"]
             per_param = 12 if precision in ("bf16", "fp16") else 8
-            ideal = per_param * p_lora / world
+            ideal = per_param * p_lora / (world if stage else 1)  # ZeRO-0 keeps a full copy on every rank
             comm = run.get("comm_bytes_per_step", {})
             comm_total = sum(comm.values())
             rec.update({
