@@ -20,7 +20,7 @@ from collections.abc import Callable, Sequence
 
 from ..tenants import TenantsConfig
 from .admit import check_admissible
-from .decide import _Usage, decide, within_quota
+from .decide import _Usage, decide, usage_by_tenant, within_quota
 from .pool import Pool
 from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
 
@@ -29,12 +29,7 @@ Policy = Callable[[Sequence[JobRequest], Sequence[RunningJob], ClusterState, Ten
 
 def _in_order(ordered: Sequence[JobRequest], running: Sequence[RunningJob], cluster: ClusterState,
               tenants: TenantsConfig) -> Decision:
-    usage: dict[str, _Usage] = {}
-    for job in running:
-        u = usage.setdefault(job.tenant, _Usage())
-        u.workers += job.workers
-        u.cpus += job.cpus
-        u.gpus += job.gpus
+    usage = usage_by_tenant(running)
     pool = Pool(cluster)
     start: list[str] = []
     placements: dict[str, Placement] = {}
@@ -55,9 +50,7 @@ def _in_order(ordered: Sequence[JobRequest], running: Sequence[RunningJob], clus
             blocked = job.job_id
             break
         pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
-        u.workers += job.workers
-        u.cpus += job.cpus
-        u.gpus += job.gpus
+        u.add(job)
         start.append(job.job_id)
         if placement:
             placements[job.job_id] = placement

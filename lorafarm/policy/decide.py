@@ -46,6 +46,19 @@ class _Usage:
     cpus: float = 0.0
     gpus: float = 0.0
 
+    def add(self, job: JobRequest | RunningJob) -> None:
+        self.workers += job.workers
+        self.cpus += job.cpus
+        self.gpus += job.gpus
+
+
+def usage_by_tenant(running: Sequence[RunningJob]) -> dict[str, _Usage]:
+    """What each tenant holds now, from its running jobs."""
+    usage: dict[str, _Usage] = {}
+    for job in running:
+        usage.setdefault(job.tenant, _Usage()).add(job)
+    return usage
+
 
 @dataclass(slots=True)
 class _TenantQueue:
@@ -86,14 +99,7 @@ def decide(
     now: float,
 ) -> Decision:
     """The jobs to start now (in order), and whom to preempt for a blocked head, if allowed."""
-    usage: dict[str, _Usage] = {}
-    for job in running:
-        u = usage.get(job.tenant)
-        if u is None:
-            u = usage[job.tenant] = _Usage()
-        u.workers += job.workers
-        u.cpus += job.cpus
-        u.gpus += job.gpus
+    usage = usage_by_tenant(running)
 
     # rank every queued job (the one O(n) pass) into its tenant's list, then sort each list
     classes = tenants.priority_classes
@@ -166,9 +172,7 @@ def decide(
             placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)
             if placement is not None:
                 pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
-                u.workers += job.workers
-                u.cpus += job.cpus
-                u.gpus += job.gpus
+                u.add(job)
                 start.append(job.job_id)
                 if placement:
                     placements[job.job_id] = placement
