@@ -46,6 +46,11 @@ class AdapterError(LorafarmError):
     """An adapter failed verification, or is incomplete/missing in the store."""
 
 
+class TrainingError(LorafarmError):
+    """Training cannot go on (a non-finite loss, a checkpoint made for another spec); retrying
+    the same step would fail the same way."""
+
+
 class JobFailed(LorafarmError):
     """A training job ended without publishing an adapter; ``reason`` says why."""
 

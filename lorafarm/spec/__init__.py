@@ -11,6 +11,7 @@ from .load import (
     load_spec,
     parse_overrides,
     parse_yaml,
+    resume_digest,
     spec_digest,
     validate_spec,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "load_spec",
     "parse_overrides",
     "parse_yaml",
+    "resume_digest",
     "spec_digest",
     "validate_spec",
 ]

@@ -111,6 +111,30 @@ def spec_digest(spec: JobSpec) -> str:
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
 
 
+# Fields a checkpoint may be resumed under with another value: where and how fast the job
+# runs, never what it computes (the global batch is fixed, so the worker count is free).
+RESUME_FREE_FIELDS = {
+    "priority": None,
+    "resources": None,
+    "zero": ("stage", "gradient_checkpointing"),
+    "training": ("checkpoint_every_steps", "keep_last", "max_failures", "eval_every_steps", "micro_batch_size"),
+}
+
+
+def resume_digest(spec: JobSpec) -> str:
+    """sha256 of the fields that decide the training result: equal digests may resume each
+    other's checkpoints (other workers, another ZeRO stage, another micro batch)."""
+    data = spec.model_dump(mode="json")
+    for section, fields in RESUME_FREE_FIELDS.items():
+        if fields is None:
+            data.pop(section, None)
+        else:
+            for f in fields:
+                data.get(section, {}).pop(f, None)
+    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
 def dump_yaml(spec: JobSpec) -> str:
     return yaml.safe_dump(spec.model_dump(mode="json"), sort_keys=False)
 

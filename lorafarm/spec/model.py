@@ -73,6 +73,18 @@ class TrainingSpec(_Section):
     packing: bool = Field(False, description="Pack several examples per row (attention never crosses them).")
     seed: int = Field(0, ge=0, description="Seeds data order, LoRA init and dropout.")
     eval_every_steps: int = Field(0, ge=0, description="Eval loss every N steps (0 = only at the end).")
+    checkpoint_every_steps: int = Field(
+        50, ge=0, description="Save a resumable checkpoint (LoRA weights, optimizer, data cursor, RNG) to "
+        "<store>/<tenant>/<job-id>/checkpoints/step-N/ every N steps (0 = only when preempted).",
+    )
+    keep_last: int = Field(2, ge=1, le=1000, description="Checkpoints kept per job; older ones are pruned.")
+    max_failures: int = Field(
+        2, ge=-1, le=100, description="Worker failures survived by resuming from the latest checkpoint (-1 = no limit)."
+    )
+    on_nonfinite_loss: Literal["stop", "skip"] = Field(
+        "stop", description="A NaN/inf loss: stop the job with the step named (nothing is published), or skip "
+        "that step's update and go on.",
+    )
 
 
 class ZeroSpec(_Section):

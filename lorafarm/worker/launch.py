@@ -82,19 +82,28 @@ def run_job(
     *,
     job_id: str | None = None,
     on_progress: ProgressFn | None = None,
-    max_failures: int = 0,
+    max_failures: int | None = None,
+    control: Any = None,
 ) -> JobResult:
     """Run ``spec`` to a published adapter. Raises :class:`JobFailed` with the reason for any
-    failure after the spec was accepted (data, model, workers, verification, storage)."""
+    failure after the spec was accepted (data, model, workers, verification, storage).
+
+    A ``job_id`` whose directory holds checkpoints resumes from the latest one. Worker failures
+    are survived ``max_failures`` times (default: ``training.max_failures``) by restarting the
+    worker group from the latest checkpoint. ``control`` (an actor with ``stop_requested()``)
+    lets the caller preempt the job: it checkpoints and the result's state is ``PREEMPTED``."""
+    if max_failures is None:
+        max_failures = spec.training.max_failures
     try:
-        return _run_job(spec, store, job_id=job_id, on_progress=on_progress, max_failures=max_failures)
+        return _run_job(spec, store, job_id=job_id, on_progress=on_progress, max_failures=max_failures,
+                        control=control)
     except JobFailed:
         raise
     except LorafarmError as e:
         raise JobFailed(str(e)) from e
 
 
-def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
+def _run_job(spec, store, *, job_id, on_progress, max_failures, control) -> JobResult:
     import ray
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -128,6 +137,7 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
         progress=progress,
         started_at=started,
         env=forwarded_env(),
+        control=control,
     )
     r = spec.resources
     resources = {"CPU": r.cpus_per_worker}
@@ -159,6 +169,7 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
     thread = threading.Thread(target=fit, name=f"fit-{job_id}", daemon=True)
     thread.start()
     done: dict[str, Any] | None = None
+    preempted: dict[str, Any] | None = None
     error_reason: str | None = None
     history = _History(join(job_uri, HISTORY_FILE))
     try:
@@ -176,7 +187,9 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
                 done = event
                 history.finish(event.get("history", []), event["manifest"].get("metrics", {}))
             elif event["kind"] == "error":
-                error_reason = error_reason or event["reason"]
+                error_reason = event["reason"]
+            elif event["kind"] == "preempted":
+                preempted = event
             notify(event)
         thread.join()
     finally:
@@ -185,6 +198,9 @@ def _run_job(spec, store, *, job_id, on_progress, max_failures) -> JobResult:
             ray.kill(progress.actor)
         except Exception:  # noqa: BLE001
             pass
+    if preempted is not None and "error" not in outcome:
+        return JobResult(job_id=job_id, tenant=spec.tenant, state="PREEMPTED", adapter_uri=None,
+                         metrics={"preempted_at_step": preempted["step"]})
     if "error" in outcome or done is None:
         reason = error_reason or _reason(outcome.get("error")) or "training ended without an adapter"
         raise JobFailed(reason)

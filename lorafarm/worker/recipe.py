@@ -44,6 +44,7 @@ class WorkerConfig:
     progress: Any = None  # a ray.util.queue.Queue, or None
     started_at: float = field(default_factory=time.time)
     env: dict[str, str] = field(default_factory=dict)  # forwarded from the submitter (storage access)
+    control: Any = None  # an actor with ``stop_requested() -> bool`` (the job's runner), or None
 
 
 class LoraRecipe:
@@ -54,6 +55,13 @@ class LoraRecipe:
         self.spec = JobSpec.model_validate(cfg.spec)
         self.rank, self.world = rank, world
         self.history: list[dict[str, Any]] = []
+        self.start_step = 0
+        self.resumed_from: int | None = None
+        self.preempted_at: int | None = None
+        self.skipped_steps: list[int] = []
+        self.checkpoints: list[dict[str, Any]] = []
+        self.stop_requested = self._control_stop_requested
+        self._last_poll = 0.0
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
@@ -85,21 +93,55 @@ class LoraRecipe:
         self.engine, self.scheduler, self.ds_config = build_engine(self.model, spec, self.world, self.total_steps)
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_token_id or 0
+        self._resume()
+
+    def _resume(self) -> None:
+        """Continue from the job's latest complete checkpoint, if it has one (a restarted
+        worker group, a re-queued or preempted job): same global batches from the saved step."""
+        from ..errors import TrainingError
+        from ..spec import resume_digest
+        from .checkpoint import latest_checkpoint, load_checkpoint
+
+        ref = latest_checkpoint(self.cfg.job_uri)
+        if ref is None:
+            return
+        if ref.marker.get("resume_digest") != resume_digest(self.spec):
+            raise TrainingError(
+                f"{ref.uri}: made for a different spec (only resources, priority, zero.stage, micro_batch_size and "
+                "checkpoint settings may change on resume) — resubmit as a new job, or restore the spec")
+        restored = load_checkpoint(ref, self.engine, self.model, self.scheduler, self.rank, self.world)
+        state = restored.state
+        if state.get("base_weights_digest") != self.base_digest:
+            raise TrainingError(f"{ref.uri}: made on other base weights than {self.spec.base_model} — resubmit as a "
+                                "new job")
+        if not restored.same_world:  # dropout streams cannot be re-sliced across another worker count
+            torch.manual_seed(self.spec.training.seed * 1_000_003 + restored.step * 131 + self.rank)
+        self.start_step = self.resumed_from = restored.step
+        self.history = list(state.get("history", []))
+        self.tokens_seen = int(state.get("tokens_seen", 0))
+        self.first_eval = state.get("first_eval")
+        self.last_eval = state.get("last_eval")
+        self.skipped_steps = list(state.get("skipped_steps", []))
+        self.train_seconds_before = float(state.get("train_seconds", 0.0))
 
     # ---------------------------------------------------------------- train
     def train(self) -> None:
+        """Optimizer steps from ``start_step`` (0, or a checkpoint's step) to ``total_steps``;
+        stops early, after a checkpoint, when the runner asks (preemption)."""
         from ..data import global_batch, micro_batches, worker_slice
+        from ..errors import TrainingError
         from ..ops.accel import gpu_step_metrics
         from ..zero import memory_report
 
         t = self.spec.training
         self.engine.train()
-        self.tokens_seen = 0
         self.train_started = time.time()
-        self.last_eval: float | None = None
-        self.first_eval = self.evaluate() if self.eval_rows is not None else None
-        self.last_eval = self.first_eval
-        for step in range(self.total_steps):
+        if self.resumed_from is None:
+            self.tokens_seen = 0
+            self.train_seconds_before = 0.0
+            self.first_eval = self.evaluate() if self.eval_rows is not None else None
+            self.last_eval = self.first_eval
+        for step in range(self.start_step, self.total_steps):
             t0 = time.perf_counter()
             lr = float(self.scheduler.get_last_lr()[0]) if self.scheduler else t.learning_rate
             batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
@@ -107,16 +149,28 @@ class LoraRecipe:
             mine = worker_slice(batch, self.rank, self.world)
             loss_sum = torch.zeros((), dtype=torch.float64)
             tokens = 0
-            for micro in micro_batches(mine, t.micro_batch_size):
+            micros = micro_batches(mine, t.micro_batch_size)
+            for i, micro in enumerate(micros):
                 inputs, n_tokens = self._collate(micro)
                 tokens += n_tokens
                 token_loss = self._token_loss_sum(inputs)
                 loss_sum += token_loss.detach().double().cpu()
                 scale = (self.world * self.accum) / max(label_tokens, 1)
                 self.engine.backward(token_loss * scale)
+                if i == len(micros) - 1:  # before the update: one all-reduce tells every rank all it needs
+                    total_loss, step_tokens, stop = self._all_sum_many(
+                        [float(loss_sum), float(tokens), float(self.rank == 0 and self.stop_requested())])
+                    loss = total_loss / max(label_tokens, 1)
+                    if not math.isfinite(loss):
+                        if t.on_nonfinite_loss == "stop":
+                            raise TrainingError(
+                                f"loss is {loss} at step {step + 1} (global batch rows {batch.min()}..{batch.max()}) — "
+                                "lower training.learning_rate, check the data, or set training.on_nonfinite_loss=skip"
+                                "; nothing was published")
+                        self.skipped_steps.append(step + 1)
+                        self._skip_next_update()
                 self.engine.step()
-            loss = self._all_sum(loss_sum) / max(label_tokens, 1)
-            step_tokens = int(self._all_sum(torch.tensor(float(tokens))))
+            step_tokens = int(step_tokens)
             self.tokens_seen += step_tokens
             dt = time.perf_counter() - t0
             record = {
@@ -128,18 +182,84 @@ class LoraRecipe:
                 "step_time_s": dt,
                 "tokens_seen": self.tokens_seen,
             }
-            if step == 0:
+            if step == self.start_step:  # the optimizer's state exists from its first step on
                 self.memory = self._memory_totals(memory_report(self.engine, self.model))
+            if step == 0:
                 record.update({k: v for k, v in self.memory.items() if k != "frozen_with_grad"})
+            if step + 1 in self.skipped_steps:
+                record["skipped"] = True
             # on GPU only: gpu_memory_bytes (peak allocated, this rank) and mfu; absent on CPU
             record.update(gpu_step_metrics(self.device, self.memory["total_params"], record["tokens_per_s"], self.world))
             if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < self.total_steps:
                 record["eval_loss"] = self.last_eval = self.evaluate()
             self._report(record)
+            last = step + 1 == self.total_steps
+            if stop and not last:
+                self.save_checkpoint(step + 1)
+                self.preempted_at = step + 1
+                return
+            if t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0 and not last:
+                self.save_checkpoint(step + 1)
         if self.eval_rows is not None:
             self.last_eval = self.evaluate()
         self.final_train_loss = self.history[-1]["loss"] if self.history else None
-        self.train_seconds = time.time() - self.train_started
+        self.train_seconds = self.train_seconds_before + time.time() - self.train_started
+
+    def save_checkpoint(self, step: int) -> None:
+        """Collective: the job's state after ``step`` optimizer steps, then older ones pruned."""
+        from ..spec import resume_digest
+        from .checkpoint import prune, save_checkpoint
+
+        extra = {
+            "resume_digest": resume_digest(self.spec),
+            "base_weights_digest": self.base_digest,
+            "samples_seen": step * self.spec.training.global_batch_size,
+            "tokens_seen": self.tokens_seen,
+            "history": self.history,
+            "first_eval": self.first_eval,
+            "last_eval": self.last_eval,
+            "skipped_steps": self.skipped_steps,
+            "train_seconds": self.train_seconds_before + time.time() - self.train_started,
+        }
+        marker = save_checkpoint(self.cfg.job_uri, step, self.engine, self.model, self.scheduler, self.rank,
+                                 self.world, extra, self._barrier)
+        if marker is not None:
+            prune(self.cfg.job_uri, self.spec.training.keep_last)
+            self.checkpoints.append({"step": step, "bytes": marker["bytes"], "seconds": marker["save_seconds"]})
+            self._send({"kind": "checkpoint", "step": step, "bytes": marker["bytes"],
+                        "seconds": marker["save_seconds"]})
+
+    def _skip_next_update(self) -> None:
+        from ..zero import base_optimizer
+
+        base_optimizer(self.engine).skip_next = True
+
+    def _control_stop_requested(self) -> bool:
+        """Rank 0 asks the runner at most once a second whether to stop (preemption)."""
+        control = self.cfg.control
+        if control is None or time.monotonic() - self._last_poll < 1.0:
+            return False
+        self._last_poll = time.monotonic()
+        try:
+            import ray
+
+            return bool(ray.get(control.stop_requested.remote(), timeout=10))
+        except Exception:  # noqa: BLE001 - a runner that cannot answer asks for nothing
+            return False
+
+    def _barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.barrier()
+
+    def _all_sum_many(self, values: list[float]) -> list[float]:
+        import torch.distributed as dist
+
+        v = torch.tensor(values, dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.all_reduce(v)
+        return [float(x) for x in v]
 
     def _collate(self, indices) -> tuple[dict[str, torch.Tensor], int]:
         """A device batch for these row indices, and its count of real (non-pad) tokens."""
@@ -302,17 +422,21 @@ class LoraRecipe:
     # ---------------------------------------------------------------- report
     def _report(self, record: dict[str, Any]) -> None:
         self.history.append(record)
-        if self.rank == 0 and self.cfg.progress is not None:
-            try:
-                self.cfg.progress.put_nowait({"kind": "step", **record})
-            except Exception:  # noqa: BLE001 - progress is best effort, training goes on
-                pass
+        self._send({"kind": "step", **record})
         try:
             import ray.train
 
             ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float)})
         except RuntimeError:
             pass  # not under Ray Train (direct call in tests)
+
+    def _send(self, event: dict[str, Any]) -> None:
+        """An event to the job's driver (rank 0 only; best effort, training goes on)."""
+        if self.rank == 0 and self.cfg.progress is not None:
+            try:
+                self.cfg.progress.put_nowait(event)
+            except Exception:  # noqa: BLE001
+                pass
 
 
 def distributed_env_from_ray() -> tuple[int, int]:
@@ -329,7 +453,14 @@ def distributed_env_from_ray() -> tuple[int, int]:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    """Ray Train entry point: one recipe per rank."""
+    """Ray Train entry point: one recipe per rank.
+
+    lorafarm's own errors (bad data, a non-finite loss, a failed verification) end the job:
+    they are reported and the loop returns, since a retry would fail the same way. Anything
+    else (a dead peer, an out-of-memory kill, a storage outage) propagates, so Ray Train
+    restarts the worker group, which resumes from the latest checkpoint."""
+    from ..errors import LorafarmError, StorageError
+
     cfg: WorkerConfig = config["worker"]
     for key, value in cfg.env.items():
         os.environ.setdefault(key, value)
@@ -337,18 +468,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     recipe = LoraRecipe(cfg, rank, world)
     try:
         recipe.setup()
+        if recipe.resumed_from is not None:
+            recipe._send({"kind": "resumed", "step": recipe.resumed_from, "world_size": world})
         recipe.train()
-        manifest = recipe.export()
+        manifest = None if recipe.preempted_at is not None else recipe.export()
+    except LorafarmError as e:
+        recipe._send({"kind": "error", "reason": str(e)})
+        if isinstance(e, StorageError):
+            raise
+        return
     except Exception as e:
-        if rank == 0 and cfg.progress is not None:
-            try:
-                cfg.progress.put_nowait({"kind": "error", "reason": f"{type(e).__name__}: {e}"})
-            except Exception:  # noqa: BLE001
-                pass
+        recipe._send({"kind": "error", "reason": f"{type(e).__name__}: {e}", "retryable": True})
         raise
-    import torch.distributed as dist
-
-    if dist.is_initialized():
-        dist.barrier()
-    if rank == 0 and cfg.progress is not None and manifest is not None:
+    recipe._barrier()
+    if recipe.preempted_at is not None:
+        recipe._send({"kind": "preempted", "step": recipe.preempted_at})
+    elif rank == 0 and cfg.progress is not None and manifest is not None:
         cfg.progress.put_nowait({"kind": "done", "manifest": manifest, "history": recipe.history})

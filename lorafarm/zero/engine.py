@@ -28,6 +28,24 @@ def skip_cpu_shm_comm_op() -> None:
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
+def _skippable_adamw():
+    """torch's AdamW that leaves weights and moments untouched for one step when ``skip_next``
+    is set (a non-finite loss under ``training.on_nonfinite_loss: skip``). DeepSpeed calls the
+    innermost optimizer's ``step()`` at each accumulation boundary, under every ZeRO stage."""
+    import torch
+
+    class SkippableAdamW(torch.optim.AdamW):
+        skip_next = False
+
+        def step(self, closure=None):
+            if self.skip_next:
+                self.skip_next = False
+                return None
+            return super().step(closure)
+
+    return SkippableAdamW
+
+
 def build_engine(model, spec: JobSpec, world_size: int, total_steps: int):
     """``deepspeed.initialize`` with a torch AdamW over the trainable (LoRA) parameters only."""
     import deepspeed
@@ -37,7 +55,7 @@ def build_engine(model, spec: JobSpec, world_size: int, total_steps: int):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise RuntimeError("no trainable parameters: LoRA was not applied")
-    optimizer = torch.optim.AdamW(
+    optimizer = _skippable_adamw()(
         params, lr=spec.training.learning_rate, betas=(0.9, 0.999), eps=1e-8,
         weight_decay=spec.training.weight_decay,
     )
