@@ -55,6 +55,12 @@ class Metrics:
                                      registry=r)
         self.worker_failures = Counter("lorafarm_worker_failures_total", "Worker/runner failures", ["tenant"],
                                        registry=r)
+        self.preemptions = Counter("lorafarm_preemptions_total", "Running jobs preempted (checkpointed and re-queued)",
+                                   ["tenant"], registry=r)
+        self.checkpoint_seconds = Histogram("lorafarm_checkpoint_seconds", "Time to save one checkpoint", ["tenant"],
+                                            buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
+        self.checkpoint_bytes = Counter("lorafarm_checkpoint_bytes_total", "Bytes of checkpoints written", ["tenant"],
+                                        registry=r)
         self.oldest_queued = Gauge("lorafarm_queue_oldest_seconds", "Age of a tenant's oldest queued job",
                                    ["tenant"], registry=r)
         self.usage = Gauge("lorafarm_tenant_usage", "Resources held by a tenant's running jobs",

@@ -1,16 +1,24 @@
 """One runner per running job: a Ray actor that drives the core's training (``run_job``) and
-streams its progress to the scheduler. Killing it (cancel) takes its Ray Train controller,
-workers and placement group with it: they are owned by this actor."""
+streams its progress to the scheduler. It owns the job's Ray Train controller, so killing it
+(cancel) stops training; the scheduler then removes the job's placement groups, which the
+workers report (see :func:`remove_placement_groups`), so their resources free at once.
+
+It is threaded (``max_concurrency``): ``preempt()`` and the workers' ``stop_requested()`` polls
+are answered while ``run()`` trains."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import ray
 
 
-@ray.remote(num_cpus=0, max_restarts=0)
+@ray.remote(num_cpus=0, max_restarts=0, max_concurrency=4)
 class Runner:
+    def __init__(self) -> None:
+        self._stop = threading.Event()
+
     def run(self, spec: dict[str, Any], store_root: str, job_id: str, scheduler) -> dict[str, Any]:
         from ..errors import JobFailed
         from ..spec import validate_spec
@@ -22,15 +30,42 @@ class Runner:
                 return
             scheduler.report.remote(job_id, event)
 
+        me = ray.get_runtime_context().current_actor
         try:
-            result = run_job(validate_spec(spec), Store.open(store_root), job_id=job_id, on_progress=on_progress)
+            result = run_job(validate_spec(spec), Store.open(store_root), job_id=job_id, on_progress=on_progress,
+                             control=me)
         except JobFailed as e:
             return {"state": "FAILED", "reason": e.reason}
         except Exception as e:  # noqa: BLE001 - any failure ends this job only
             return {"state": "FAILED", "reason": f"{type(e).__name__}: {e}"}
+        if result.state == "PREEMPTED":
+            return {"state": "PREEMPTED", "step": result.metrics.get("preempted_at_step")}
         files = (result.manifest or {}).get("files", {})
         return {"state": "SUCCEEDED", "adapter_uri": result.adapter_uri, "metrics": result.metrics,
                 "adapter_bytes": sum(f["size"] for f in files.values())}
 
+    def preempt(self) -> None:
+        """Ask the workers to checkpoint at the end of their current step and stop."""
+        self._stop.set()
+
+    def stop_requested(self) -> bool:
+        return self._stop.is_set()
+
     def ping(self) -> bool:
         return True
+
+
+def remove_placement_groups(hex_ids: list[str]) -> int:
+    """Remove placement groups by id (their actors die with them); unknown or already removed
+    ones are skipped. Returns how many were removed."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    removed = 0
+    for hex_id in hex_ids:
+        try:
+            remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(hex_id))))
+            removed += 1
+        except Exception:  # noqa: BLE001 - gone already
+            pass
+    return removed

@@ -50,26 +50,32 @@ class SchedulerCore:
         self.last_progress: dict[str, float] = {}
         self.metrics = Metrics()
         self.tokens_reported: dict[str, float] = {}
+        self.preempting: set[str] = set()  # asked to checkpoint and stop, not yet stopped
+        self.group_starts: dict[str, int] = {}  # worker-group starts in the current run of a job
         self.last_tick = time.time()
         self.recover()
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> None:
         """Load every record; jobs that were RUNNING lost their runner with the old scheduler
-        (runners are owned by it), so they go back to QUEUED and run again from the start."""
+        (runners are owned by it): their leftover workers are removed and they go back to QUEUED,
+        to resume from their latest checkpoint (or finish as SUCCEEDED if they had published)."""
         for record in self.records.load_all():
             self.jobs[record.job_id] = record
             self.logs[record.job_id] = collections.deque(maxlen=LOG_LINES)
             if record.state is JobState.RUNNING:
                 self._kill_runner_by_name(record.job_id)
+                self._release(record)
                 adapter = self._published_adapter(record)
                 if adapter is not None:  # it finished publishing just before the old scheduler died
                     record.adapter_uri = adapter
                     record.transition(JobState.SUCCEEDED, EventKind.RECOVERED,
                                       f"scheduler restarted; the adapter was already published at {adapter}")
                 else:
+                    step = self._checkpoint_step(record)
                     record.transition(JobState.QUEUED, EventKind.RECOVERED,
-                                      "scheduler restarted while the job ran; re-queued")
+                                      "scheduler restarted while the job ran; re-queued, "
+                                      + (f"resumes from checkpoint step {step}" if step else "starts over (no checkpoint)"))
                 self.records.save(record)
             elif record.state is JobState.VALIDATING:
                 record.transition(JobState.QUEUED, EventKind.RECOVERED, "scheduler restarted; queued")
@@ -85,6 +91,23 @@ class SchedulerCore:
         except Exception:  # noqa: BLE001 - missing or incomplete: not published
             return None
         return uri
+
+    def _checkpoint_step(self, record: JobRecord) -> int | None:
+        from ..worker.checkpoint import latest_checkpoint
+
+        try:
+            ref = latest_checkpoint(self.store.job_uri(record.tenant, record.job_id))
+        except Exception:  # noqa: BLE001 - an unreadable store only loses the hint
+            return None
+        return ref.step if ref else None
+
+    def _release(self, record: JobRecord) -> None:
+        """Remove the placement groups of the job's (stopped) workers so their resources free now."""
+        from .runner import remove_placement_groups
+
+        if record.placement_groups:
+            remove_placement_groups(record.placement_groups)
+            record.placement_groups = []
 
     def _kill_runner_by_name(self, job_id: str) -> None:
         try:
@@ -167,6 +190,8 @@ class SchedulerCore:
             runner = self.runners.pop(job_id, None)
             if runner is not None:
                 ray.kill(runner[0], no_restart=True)
+            self._release(record)
+            self.preempting.discard(job_id)
             record.transition(JobState.CANCELLED, message="cancelled by request" + (
                 "; workers stopped" if runner else ""))
             duration = (record.ended_at - record.started_at) if record.started_at and record.ended_at else None
@@ -221,8 +246,31 @@ class SchedulerCore:
             elif kind == "data":
                 self._log(job_id, f"data: {event['stats']}" + (" (cache hit)" if event.get("cache_hit") else ""))
             elif kind == "error":
-                record.note(EventKind.FAILURE, event.get("reason", ""))
-                self._log(job_id, f"worker error: {event.get('reason')}")
+                retry = " — Ray Train restarts the workers from the latest checkpoint" if event.get("retryable") else ""
+                record.note(EventKind.FAILURE, event.get("reason", "") + retry)
+                self._log(job_id, f"worker error: {event.get('reason')}{retry}")
+                if event.get("retryable"):
+                    self.metrics.worker_failures.labels(record.tenant).inc()
+            elif kind == "attempt":
+                self.group_starts[job_id] = self.group_starts.get(job_id, 0) + 1
+                if event.get("placement_group"):
+                    record.placement_groups.append(event["placement_group"])
+                if self.group_starts[job_id] > 1:
+                    record.note(EventKind.FAILURE, f"worker group restarted after a failure (start "
+                                f"{self.group_starts[job_id]} of this run, {event.get('world_size')} workers)")
+                self.records.save(record)  # a new scheduler must find the placement groups
+            elif kind == "resumed":
+                record.note(EventKind.RESUMED, f"resumed from checkpoint step {event['step']} on "
+                            f"{event.get('world_size')} worker(s)", {"step": event["step"]})
+                self._log(job_id, f"resumed from checkpoint step {event['step']}")
+            elif kind == "checkpoint":
+                record.last_checkpoint_step = event["step"]
+                self.metrics.checkpoint_seconds.labels(record.tenant).observe(event.get("seconds", 0.0))
+                self.metrics.checkpoint_bytes.labels(record.tenant).inc(event.get("bytes", 0))
+                self._log(job_id, f"checkpoint at step {event['step']} ({event.get('bytes', 0)} bytes, "
+                          f"{event.get('seconds', 0.0):.2f} s)")
+            elif kind == "preempted":
+                self._log(job_id, f"preempted after step {event.get('step')}: checkpoint saved")
 
     def ping(self) -> dict[str, Any]:
         with self.lock:
@@ -278,9 +326,13 @@ class SchedulerCore:
                     outcome = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - the runner died (crash, OOM, killed)
                     outcome = {"state": "FAILED", "reason": f"runner died: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
+                    with self.lock:
+                        self._release(self.jobs[job_id])
                 self._finish(job_id, outcome)
             elif time.time() - self.last_progress.get(job_id, time.time()) > self.hang_timeout_s:
                 ray.kill(actor, no_restart=True)
+                with self.lock:
+                    self._release(self.jobs[job_id])
                 self._finish(job_id, {"state": "FAILED",
                                       "reason": f"no progress for {self.hang_timeout_s:.0f} s — the job hung and was stopped"})
 
@@ -288,8 +340,22 @@ class SchedulerCore:
         with self.lock:
             self.runners.pop(job_id, None)
             record = self.jobs[job_id]
+            self.preempting.discard(job_id)
             if record.state.is_terminal():
                 return  # cancelled meanwhile: terminal states never change
+            if outcome["state"] == "PREEMPTED":
+                record.placement_groups = []
+                record.last_checkpoint_step = outcome.get("step")
+                record.progress = {}
+                record.transition(JobState.QUEUED, EventKind.PREEMPTED,
+                                  f"preempted: checkpoint at step {outcome.get('step')}; re-queued, resumes from it",
+                                  )
+                self.metrics.preemptions.labels(record.tenant).inc()
+                self.metrics.drop_job(job_id)
+                self._log(job_id, f"preempted at step {outcome.get('step')}; re-queued")
+                self._persist(record)
+                return
+            record.placement_groups = []
             state = JobState(outcome["state"])
             record.reason = outcome.get("reason")
             record.adapter_uri = outcome.get("adapter_uri")
@@ -323,6 +389,20 @@ class SchedulerCore:
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
             for job_id in decision.start:
                 self._start(self.jobs[job_id])
+            if decision.preempt and not self.preempting:  # one preemption at a time: victims free first
+                for job_id in decision.preempt:
+                    self._preempt(self.jobs[job_id], decision.preempt_for)
+
+    def _preempt(self, record: JobRecord, for_job: str | None) -> None:
+        """Ask a running job to checkpoint and stop; its runner then returns PREEMPTED."""
+        runner = self.runners.get(record.job_id)
+        if runner is None:
+            return
+        self.preempting.add(record.job_id)
+        runner[0].preempt.remote()
+        record.note(EventKind.PREEMPTING, f"preempting for higher-priority job {for_job}: checkpoint, then re-queue")
+        self._log(record.job_id, f"preempting for {for_job}")
+        self.records.save(record)
 
     def _start(self, record: JobRecord) -> None:
         from .runner import Runner
@@ -330,6 +410,8 @@ class SchedulerCore:
         runner = Runner.options(name=RUNNER_PREFIX + record.job_id, namespace=NAMESPACE).remote()
         ref = runner.run.remote(record.spec, self.store.root, record.job_id, self.self_handle)
         self.runners[record.job_id] = (runner, ref)
+        self.group_starts[record.job_id] = 0
+        record.placement_groups = []
         self.last_progress[record.job_id] = time.time()
         record.attempts += 1
         self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, time.time() - record.submitted_at))

@@ -32,6 +32,10 @@ class EventKind(StrEnum):
     FAILURE = "failure"
     RECOVERED = "recovered"
     CANCEL_REQUESTED = "cancel_requested"
+    RESUMED = "resumed"
+    CHECKPOINT = "checkpoint"
+    PREEMPTING = "preempting"
+    PREEMPTED = "preempted"
 
 
 class JobEvent(BaseModel):
@@ -66,6 +70,8 @@ class JobRecord(BaseModel):
     progress: dict[str, Any] = Field(default_factory=dict)
     metrics: dict[str, Any] = Field(default_factory=dict)
     attempts: int = 0
+    placement_groups: list[str] = Field(default_factory=list)  # hex ids of the current run's worker groups
+    last_checkpoint_step: int | None = None
     events: list[JobEvent] = Field(default_factory=list)
 
     def transition(self, new: JobState, kind: EventKind = EventKind.STATE, message: str = "",
@@ -99,4 +105,6 @@ class JobRecord(BaseModel):
             "ended_at": self.ended_at,
             "progress": self.progress,
             "metrics": self.metrics,
+            "attempts": self.attempts,
+            "last_checkpoint_step": self.last_checkpoint_step,
         }

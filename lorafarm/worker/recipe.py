@@ -466,6 +466,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     rank, world = distributed_env_from_ray()
     recipe = LoraRecipe(cfg, rank, world)
+    recipe._send({"kind": "attempt", "world_size": world, "placement_group": _placement_group_id()})
     try:
         recipe.setup()
         if recipe.resumed_from is not None:
@@ -485,3 +486,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         recipe._send({"kind": "preempted", "step": recipe.preempted_at})
     elif rank == 0 and cfg.progress is not None and manifest is not None:
         cfg.progress.put_nowait({"kind": "done", "manifest": manifest, "history": recipe.history})
+
+
+def _placement_group_id() -> str | None:
+    """The hex id of this worker group's placement group, so that the scheduler can remove it
+    itself when it stops the job (Ray Train's own clean-up runs late on a loaded node)."""
+    from ray.util.placement_group import get_current_placement_group
+
+    pg = get_current_placement_group()
+    return pg.id.hex() if pg is not None else None
