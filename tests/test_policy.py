@@ -262,6 +262,16 @@ def test_preemption_never_takes_equal_or_higher_class():
     assert choose_victims(job("h", gpus=4, priority="high"), running, pool(8, free_gpus=0), PREEMPT) == ("n1",)
 
 
+def test_preemption_finds_its_head_on_a_completely_full_cpu_cluster():
+    # nothing free at all (a CPU-only cluster, every CPU held): the blocked head is still found
+    running = [run("low", "a", workers=2, gpus=0, cpus=1, priority="low", started=1)]
+    full = pool(0, cpus=2, free_cpus=0)
+    d = decide([job("h", "b", workers=2, gpus=0, cpus=1, priority="high", at=5)], running, full, PREEMPT, 10)
+    assert d.preempt == ("low",) and d.preempt_for == "h" and d.start == ()
+    d = decide([job("n", "b", workers=2, gpus=0, cpus=1, priority="low", at=5)], running, full, PREEMPT, 10)
+    assert d.preempt == () and d.start == ()  # an equal class waits
+
+
 def test_preemption_is_off_unless_the_tenants_file_enables_it():
     running = [run("low", priority="low", gpus=8)]
     assert decide([job("h", gpus=8, priority="high")], running, pool(8, free_gpus=0), TENANTS, 1).preempt == ()

@@ -160,9 +160,12 @@ def test_quotas_fair_share_and_a_broken_job(cluster):
 
 def test_scheduler_killed_and_recovered(cluster):
     tmp = cluster.tmp
-    ids = _submit_all(cluster, [_spec(tmp, "alpha", f"recover-{i}", tmp / "small.jsonl", training__max_steps=6)
-                                for i in range(3)])
+    ids = _submit_all(cluster, [_spec(tmp, "alpha", f"recover-{i}", tmp / "small.jsonl", training__max_steps=8,
+                                      training__checkpoint_every_steps=2) for i in range(3)])
     wait_until(lambda: sum(_jobs(cluster)[i]["state"] == "RUNNING" for i in ids) == 2, 120, "two jobs running")
+    # kill it once a running job has a checkpoint to resume from
+    wait_until(lambda: any((j.get("last_checkpoint_step") or 0) >= 2 and j["state"] == "RUNNING"
+                           for j in _jobs(cluster).values()), 300, "a checkpoint")
     before = _jobs(cluster)
     assert sorted(before[i]["state"] for i in ids) == ["QUEUED", "RUNNING", "RUNNING"]
 
@@ -180,16 +183,27 @@ def test_scheduler_killed_and_recovered(cluster):
     assert set(before) == set(after)  # no record lost
     jobs = wait_until(lambda: _all_terminal(cluster, ids), 600, "the recovered jobs to end", interval=2.0)
     assert all(jobs[i]["state"] == "SUCCEEDED" for i in ids), {i: jobs[i]["reason"] for i in ids}
+    resumed_any = False
     for i in ids:
-        kinds = [json.loads(line)["kind"] for line in cluster.lorafarm("events", i, "--json").stdout.splitlines()]
+        events = [json.loads(line) for line in cluster.lorafarm("events", i, "--json").stdout.splitlines()]
+        kinds = [e["kind"] for e in events]
         was_running = before[i]["state"] == "RUNNING"
         assert ("recovered" in kinds) == was_running
+        recovered = next((e for e in events if e["kind"] == "recovered"), None)
+        if recovered and "resumes from checkpoint step" in recovered["message"]:
+            step = int(recovered["message"].rsplit(" ", 1)[-1])
+            assert step >= (before[i]["last_checkpoint_step"] or 0)
+            assert [e["data"]["step"] for e in events if e["kind"] == "resumed"] == [step]
+            resumed_any = True
+        elif recovered:
+            assert "starts over" in recovered["message"] and "resumed" not in kinds
         # one terminal event; a recovered job started twice (killed with the old scheduler, then
         # once more), never concurrently: its RUNNING stretches do not overlap
         assert kinds.count("state") == 1
         assert kinds.count("started") == (2 if was_running else 1)
         ivs = _intervals(cluster, i)
         assert all(a[1] <= b[0] for a, b in zip(ivs, ivs[1:], strict=False))
+    assert resumed_any  # the job that had a checkpoint went on from it, not from step 0
 
 
 @pytest.fixture

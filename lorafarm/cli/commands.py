@@ -16,21 +16,32 @@ from .progress import JobProgress
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
+    from ..storage import new_job_id
+    from ..worker.checkpoint import latest_checkpoint
     from ..worker.launch import ensure_ray, run_job
     from .paths import absolutize_local_paths
 
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
     store = Store.open(args.store)
+    job_id = getattr(args, "resume", None) or new_job_id(spec.name)
+    if getattr(args, "resume", None):
+        ref = latest_checkpoint(store.job_uri(spec.tenant, job_id))
+        if ref is None:
+            raise SpecError([f"--resume: job {job_id!r} of tenant {spec.tenant!r} has no checkpoint in {store.root} — "
+                             "check the job id and --store (checkpoints are under <store>/<tenant>/<job-id>/checkpoints/)"])
     ensure_ray()
     if not args.json:
-        console.print(f"store: {store.root}", highlight=False)
+        console.print(f"store: {store.root}  job: {job_id}", highlight=False)
     try:
         with JobProgress(console, enabled=not args.json) as progress:
-            result = run_job(spec, store, on_progress=progress)
+            result = run_job(spec, store, job_id=job_id, on_progress=progress)
     except JobFailed as e:
         console.print(f"[red]job failed:[/] {e.reason}", highlight=False, soft_wrap=True)
+        if latest_checkpoint(store.job_uri(spec.tenant, job_id)) is not None:
+            console.print(f"continue from its latest checkpoint: lorafarm run {args.spec} --resume {job_id}",
+                          highlight=False, soft_wrap=True)
         if args.json:
-            emit_json({"job_id": None, "tenant": spec.tenant, "state": "FAILED", "adapter_uri": None,
+            emit_json({"job_id": job_id, "tenant": spec.tenant, "state": "FAILED", "adapter_uri": None,
                        "metrics": {}, "reason": e.reason})
         return EXIT_FAILED
     m = result.metrics

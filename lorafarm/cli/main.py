@@ -40,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="run one job on the current (or a local) Ray cluster")
     _add_spec_args(p)
     p.add_argument("--store", help="object store root (default $LORAFARM_STORE or ~/.local/share/lorafarm/store)")
+    p.add_argument("--resume", metavar="JOB_ID", help="continue that job from its latest checkpoint (the same spec; "
+                   "resources, zero.stage and micro_batch_size may change)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
 
     p = sub.add_parser("validate", help="check a spec and its data/model without training (exit 0 or 2)")

@@ -67,7 +67,14 @@ class JobProgress:
                 fields["eval"] = f"{event['eval_loss']:.4f}"
             self.progress.update(self.task, completed=event["step"], **fields)
         elif kind == "error":
-            self.console.log(f"[red]worker error: {event['reason']}")
+            retry = " — restarting the workers from the latest checkpoint" if event.get("retryable") else ""
+            self.console.log(f"[red]worker error: {event['reason']}{retry}")
+        elif kind == "checkpoint":
+            self.console.log(f"checkpoint at step {event['step']} ({event['bytes']:,} B, {event['seconds']:.2f} s)")
+        elif kind == "resumed":
+            self.console.log(f"resumed from checkpoint step {event['step']} on {event.get('world_size')} worker(s)")
+            if self.task is not None:
+                self.progress.update(self.task, completed=event["step"])
 
 
 def _gpu(event: dict[str, Any]) -> str:

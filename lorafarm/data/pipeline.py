@@ -20,11 +20,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from ..errors import DataError
 from ..spec import JobSpec
 from ..storage import Store, exists, filesystem, join, read_bytes, write_bytes
 from .formats import FORMAT_VERSION, encode
 from .packing import to_rows
-from .read import fingerprint, read_examples
+from .read import _reason, fingerprint, read_examples
 
 LOCAL_BELOW_EXAMPLES = 2000  # tokenize in-process below this many examples
 
@@ -126,9 +127,18 @@ def prepare(spec: JobSpec, tokenizer_dir: str, store: Store, *, parallel: bool =
 
 
 def load_rows(uri: str) -> pa.Table:
+    """The rows :func:`prepare` cached. One that does not decode is a :class:`DataError` naming it,
+    which fails the job (restarting the workers would read the same bytes); a store that cannot be
+    reached raises as before, so Ray Train retries."""
     fs, path = filesystem(uri)
     with fs.open(path, "rb") as f:
-        return pq.read_table(f)
+        data = f.read()
+    try:
+        return pq.read_table(pa.BufferReader(data))
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
+        entry = uri.rsplit("/", 1)[0]
+        raise DataError(f"{uri}: the cached tokenized rows are corrupt ({_reason(e)}) — delete {entry} (the cache "
+                        "entry) and resubmit: the data is then tokenized again") from None
 
 
 def _write_rows(uri: str, rows: list[dict[str, Any]]) -> None:

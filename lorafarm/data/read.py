@@ -6,10 +6,12 @@ line by line so a bad row is named by its exact line number.
 
 from __future__ import annotations
 
+import codecs
 import collections
 import glob as globlib
 import hashlib
 import json
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,14 +45,20 @@ def list_files(uri: str) -> list[str]:
     """The data files a URI names: one file, a directory of them, or a glob (sorted)."""
     fs, path = filesystem(uri)
     prefix = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
-    if any(ch in path for ch in "*?["):
-        found = sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path, recursive=True))  # `**` as on S3
-    elif fs.isdir(path):
-        found = sorted(e for e in fs.ls(path, detail=False) if not fs.isdir(e))
-    elif fs.exists(path):
-        found = [path]
-    else:
-        raise DataError(f"{uri}: not found — check dataset.uri (a file, a directory or a glob)")
+    try:
+        if any(ch in path for ch in "*?["):
+            found = sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path, recursive=True))  # `**` as on S3
+        elif fs.isdir(path):
+            found = sorted(e for e in fs.ls(path, detail=False) if not fs.isdir(e))
+        elif fs.exists(path):
+            found = [path]
+        elif not is_remote(uri) and os.path.islink(_named(uri)):
+            raise DataError(f"{uri}: a broken symbolic link (to {os.readlink(_named(uri))}) — restore its target or "
+                            "fix dataset.uri")
+        else:
+            raise DataError(f"{uri}: not found — check dataset.uri (a file, a directory or a glob)")
+    except OSError as e:
+        raise DataError(f"{uri}: cannot list the data files ({_reason(e)}) — check dataset.uri and read access") from None
     files = [f for f in found if f.endswith(SUFFIXES)]
     if not files:
         raise DataError(f"{uri}: no .jsonl, .json or .parquet files there — point dataset.uri at the data files")
@@ -62,7 +70,10 @@ def fingerprint(uri: str) -> str:
     h = hashlib.sha256()
     for f in list_files(uri):
         fs, path = filesystem(f)
-        info = fs.info(path)
+        try:
+            info = fs.info(path)
+        except OSError as e:
+            raise _unreadable(f, e) from None
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         h.update(json.dumps([f, info.get("size"), str(stamp)]).encode())
     return h.hexdigest()
@@ -72,32 +83,70 @@ def _display(f: str) -> str:
     return f if is_remote(f) else normalize(f)
 
 
-def _iter_rows(f: str):
+def _reason(e: BaseException) -> str:
+    """An exception's message on one short line (pyarrow's span several and quote its input)."""
+    text = " ".join(str(e).replace("Could not open Parquet input source '<Buffer>': ", "").split())
+    text = text or type(e).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _named(f: str) -> str:
+    """The file as listed, symbolic links not resolved (a broken link is named, not its target)."""
+    if is_remote(f):
+        return f
+    return os.path.abspath(os.path.expanduser(f[len("file://"):] if f.startswith("file://") else f))
+
+
+def _unreadable(f: str, e: OSError) -> DataError:
+    name = _named(f)
+    if not is_remote(f) and os.path.islink(name) and not os.path.exists(name):
+        e = FileNotFoundError(e.errno, f"a broken symbolic link to {os.readlink(name)}")
+    if isinstance(e, PermissionError):
+        fix = "give the job read access to it, or remove it from dataset.uri"
+    elif isinstance(e, FileNotFoundError):
+        fix = "it was removed or is a broken link: restore it or remove it from dataset.uri"
+    elif isinstance(e, IsADirectoryError):
+        fix = "it is a directory: point dataset.uri at the data files"
+    else:
+        fix = "check the file and that its storage is reachable"
+    return DataError(f"{name}: cannot read the file ({e.strerror or _reason(e)}) — {fix}")
+
+
+def _check_regular(f: str, fs, path: str) -> None:
+    """A local data file must be a regular file: a FIFO named ``x.jsonl`` would block the read forever."""
+    if is_remote(f):
+        return
+    try:
+        kind = fs.info(path)["type"]
+    except OSError as e:
+        raise _unreadable(f, e) from None
+    if kind == "directory":
+        raise DataError(f"{_named(f)}: a directory, not a data file — point dataset.uri at the data files")
+    if kind != "file":
+        raise DataError(f"{_named(f)}: not a regular file (a pipe, socket or device, which could block the read "
+                        "forever) — point dataset.uri at regular data files")
+
+
+def _iter_rows(f: str, spec: DatasetSpec):
     """(row number, row) pairs; JSONL rows are 1-based line numbers, Parquet rows 0-based indices."""
     fs, path = filesystem(f)
+    _check_regular(f, fs, path)
     if f.endswith(".parquet"):
-        try:
-            with fs.open(path, "rb") as fh:
-                table = pq.read_table(fh)
-        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
-            raise DataError(f"{_display(f)}: unreadable Parquet ({e}) — re-write the file") from None
-        for i, row in enumerate(table.to_pylist()):
-            yield i, row
+        yield from _parquet_rows(f, fs, path, spec)
         return
-    with fs.open(path, "rb") as fh:
-        raw = fh.read()
     try:
-        text = raw.decode("utf-8-sig")  # a leading byte-order mark is not part of row 1
-    except UnicodeDecodeError as e:
-        raise DataError(f"{_display(f)}: not UTF-8 text ({e}) — save the file as UTF-8") from None
+        with fs.open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as e:
+        raise _unreadable(f, e) from None
+    text = _decode(f, raw)
     stripped = text.lstrip()
     if f.endswith(".json") and stripped.startswith("["):
         try:
             rows = json.loads(text)
         except json.JSONDecodeError as e:
             raise DataError(f"{_display(f)}: invalid JSON at line {e.lineno} ({e.msg}) — fix the file") from None
-        for i, row in enumerate(rows):
-            yield i, row
+        yield from enumerate(rows)
         return
     # JSONL lines end at "\n" only: str.splitlines() would also split inside JSON strings that
     # hold U+2028/U+2029/U+0085 unescaped (valid JSON), breaking rows and shifting line numbers.
@@ -108,6 +157,107 @@ def _iter_rows(f: str):
             yield n, json.loads(line)
         except json.JSONDecodeError as e:
             yield n, _Invalid(f"invalid JSON ({e.msg})")
+
+
+def _decode(f: str, raw: bytes) -> str:
+    """UTF-8 text without a leading byte-order mark (not part of row 1); a bad byte names its row.
+
+    An encoding error is a file-level problem, also under ``on_bad_rows: skip``: a file saved in
+    another encoding has such bytes in many rows, and dropping them would bias the data."""
+    if raw.startswith(codecs.BOM_UTF8):
+        raw = raw[len(codecs.BOM_UTF8):]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw.count(b"\n", 0, e.start) + 1
+        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
+        where = f"line {line}" if f.endswith(".json") else f"row {line}"
+        raise DataError(f"{_display(f)}: not UTF-8 text at {where} (byte {raw[e.start]:#04x} at column {col}: "
+                        f"{e.reason}) — save the file as UTF-8 (on_bad_rows: skip does not skip encoding "
+                        "errors)") from None
+
+
+def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
+    """Rows of a Parquet file, read row group by row group so a corrupt one is named.
+
+    Corruption (a missing footer, a row group that does not decode or fails its page checksum)
+    and a column type no row can satisfy are errors also under ``on_bad_rows: skip``: that
+    option drops individual bad rows, never silently a part of a file."""
+    name = _display(f)
+    try:
+        fh = fs.open(path, "rb")
+    except OSError as e:
+        raise _unreadable(f, e) from None
+    with fh:
+        try:
+            pf = pq.ParquetFile(fh, page_checksum_verification=True)
+            groups = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
+            raise DataError(f"{name}: not a readable Parquet file ({_reason(e)}) — it is truncated (an interrupted "
+                            "upload or copy?) or not Parquet: re-write or re-upload it") from None
+        if sum(groups):
+            _check_schema(name, pf.schema_arrow, spec)
+        start = 0
+        for g, n in enumerate(groups):
+            if not n:
+                continue
+            try:
+                rows = pf.read_row_group(g).to_pylist()
+            except Exception as e:  # noqa: BLE001
+                raise DataError(
+                    f"{name}: row group {g} of {len(groups)} (rows {start}-{start + n - 1}) is corrupt ({_reason(e)})"
+                    " — re-write the file from its source or remove it from dataset.uri (on_bad_rows: skip does not"
+                    " skip corrupt data)") from None
+            for i, row in enumerate(rows):
+                yield start + i, row
+            start += n
+
+
+def _required_columns(spec: DatasetSpec) -> list[tuple[str, str, bool]]:
+    """(column, spec option naming it, whether it holds messages) for the format."""
+    if spec.format == "text":
+        return [(spec.text_column, "text_column", False)]
+    if spec.format == "prompt_completion":
+        return [(spec.prompt_column, "prompt_column", False), (spec.completion_column, "completion_column", False)]
+    return [(spec.messages_column, "messages_column", True)]
+
+
+def _check_schema(name: str, schema: pa.Schema, spec: DatasetSpec) -> None:
+    """A Parquet column has one type for all its rows: a wrong one makes every row bad, so it is
+    named once, for the file, instead of failing (or, under skip, dropping) each row."""
+    for column, option, is_messages in _required_columns(spec):
+        if column not in schema.names:
+            raise DataError(f"{name} row 0: column {column!r} is missing (the file has: {', '.join(schema.names)}) "
+                            f"— add it or set dataset.{option}")
+        t = schema.field(column).type
+        if is_messages and not _is_messages(t):
+            raise DataError(
+                f"{name} row 0: column {column!r} must be a list of {{role, content}} messages, got {t} for the whole "
+                f"file — write it as a list of structs with string role and content, or set dataset.{option}")
+        if not is_messages and not _is_text(t):
+            raise DataError(f"{name} row 0: column {column!r} must be text, got {t} for the whole file — write the "
+                            f"column as strings, or set dataset.{option} to a text column")
+
+
+def _storage(t: pa.DataType) -> pa.DataType:
+    if isinstance(t, pa.ExtensionType):
+        t = t.storage_type
+    return t.value_type if pa.types.is_dictionary(t) else t
+
+
+def _is_text(t: pa.DataType) -> bool:
+    t = _storage(t)
+    return pa.types.is_string(t) or pa.types.is_large_string(t) or pa.types.is_string_view(t)
+
+
+def _is_messages(t: pa.DataType) -> bool:
+    t = _storage(t)
+    lists = (pa.types.is_list, pa.types.is_large_list, pa.types.is_fixed_size_list, pa.types.is_list_view,
+             pa.types.is_large_list_view)
+    if not any(is_list(t) for is_list in lists) or not pa.types.is_struct(t.value_type):
+        return False
+    fields = {f.name: f.type for f in t.value_type}
+    return all(k in fields and _is_text(fields[k]) for k in ("role", "content"))
 
 
 @dataclass
@@ -169,7 +319,7 @@ def read_examples(uri: str, spec: DatasetSpec) -> tuple[pa.Table, BadRowReport]:
     rows: list[dict[str, Any]] = []
     for f in list_files(uri):
         name = _display(f)
-        for n, raw in _iter_rows(f):
+        for n, raw in _iter_rows(f, spec):
             example, problem = check_row(raw, spec)
             if problem:
                 if spec.on_bad_rows == "error":

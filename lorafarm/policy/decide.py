@@ -156,8 +156,8 @@ def decide(
     head: JobRequest | None = None
     considered = 0
     while heap:
-        if pool.cpus <= EPS and pool.gpus <= EPS:
-            break  # nothing left to give (every worker needs some CPU or GPU)
+        if pool.cpus <= EPS and pool.gpus <= EPS and (head is not None or not tenants.policy.preemption):
+            break  # nothing left to give (every worker needs some CPU or GPU); with preemption on, find the head
         if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus
                                  or len(pool.failed) >= len(shapes)):
             break  # after the head's reservation no queued job can fit any more: done

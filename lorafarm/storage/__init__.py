@@ -1,5 +1,6 @@
 """Object storage: URIs to filesystems, the store layout, atomic publishing."""
 
+from .retry import is_transient, with_retries
 from .store import (
     MANIFEST,
     Store,
@@ -25,6 +26,7 @@ __all__ = [
     "exists",
     "filesystem",
     "is_remote",
+    "is_transient",
     "join",
     "new_job_id",
     "normalize",
@@ -34,5 +36,6 @@ __all__ = [
     "s3_options",
     "scheme_of",
     "sha256_file",
+    "with_retries",
     "write_bytes",
 ]

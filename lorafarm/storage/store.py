@@ -3,6 +3,10 @@
 ``<root>/<tenant>/<job-id>/{spec.yaml, adapter/, checkpoints/}``. Readers treat an adapter
 as existing only when its manifest ``lorafarm.json`` exists and every file it lists matches
 its sha256, so writing files first and the manifest last is atomic for readers.
+
+On object stores, writes, reads and publishing retry transient failures (an endpoint down for
+a while, 5xx, SlowDown) with bounded backoff (``retry.with_retries``); when they run out, a
+StorageError names the URI. An outage mid-publish therefore leaves no manifest, hence no adapter.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import StorageError
+from .retry import with_retries
 from .uri import filesystem, is_remote, join, normalize
 
 MANIFEST = "lorafarm.json"
@@ -93,12 +98,17 @@ def _ls_dirs(fs, path: str) -> list[str]:
         return []
 
 
+def _remote(uri: str, what: str, fn):
+    """``fn()``, with retries of transient failures when ``uri`` is on an object store."""
+    return with_retries(fn, f"{what} {uri}") if is_remote(uri) else fn()
+
+
 def write_bytes(uri: str, data: bytes) -> None:
-    """Write one object; local files go through a temp file + rename (atomic)."""
+    """Write one object (one PUT, retried on transient failures); local files go through a
+    temp file + rename (atomic)."""
     fs, path = filesystem(uri)
     if is_remote(uri):
-        with fs.open(path, "wb") as f:
-            f.write(data)
+        _remote(uri, "writing", lambda: fs.pipe_file(path, data))
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
@@ -109,18 +119,27 @@ def write_bytes(uri: str, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def read_bytes(uri: str) -> bytes:
+def _read(uri: str) -> bytes:
+    """The bytes of ``uri``; FileNotFoundError when it does not exist."""
     fs, path = filesystem(uri)
-    try:
+
+    def read() -> bytes:
         with fs.open(path, "rb") as f:
             return f.read()
+
+    return _remote(uri, "reading", read)
+
+
+def read_bytes(uri: str) -> bytes:
+    try:
+        return _read(uri)
     except FileNotFoundError:
         raise StorageError(f"{uri}: not found") from None
 
 
 def exists(uri: str) -> bool:
     fs, path = filesystem(uri)
-    return fs.exists(path)
+    return _remote(uri, "looking up", lambda: fs.exists(path))
 
 
 def publish_dir(local_dir: str | Path, dest_uri: str, manifest: dict[str, Any]) -> dict[str, Any]:
@@ -129,16 +148,18 @@ def publish_dir(local_dir: str | Path, dest_uri: str, manifest: dict[str, Any]) 
     fs, dest = filesystem(dest_uri)
     local = Path(local_dir)
     files: dict[str, dict[str, Any]] = {}
+    _remote(dest_uri, "preparing", lambda: fs.makedirs(dest, exist_ok=True))
     for f in sorted(p for p in local.iterdir() if p.is_file() and p.name != MANIFEST):
         digest = hashlib.sha256(f.read_bytes()).hexdigest()
-        target = f"{dest}/{f.name}"
-        fs.makedirs(dest, exist_ok=True)
-        fs.put_file(str(f), target)
-        remote_digest, size = sha256_file(fs, target)
+        target, file_uri = f"{dest}/{f.name}", join(dest_uri, f.name)
+        _remote(file_uri, "uploading", lambda f=f, target=target: fs.put_file(str(f), target))
+        remote_digest, size = _remote(file_uri, "checking the upload of",
+                                      lambda target=target: sha256_file(fs, target))
         if remote_digest != digest:
             raise StorageError(f"{dest_uri}/{f.name}: upload check failed (sha256 differs) — retry the job")
         files[f.name] = {"sha256": digest, "size": size}
     manifest = {**manifest, "files": files}
+    # last: until the manifest exists, readers see no adapter (an outage before here leaves none)
     write_bytes(join(dest_uri, MANIFEST), json.dumps(manifest, indent=2, sort_keys=True).encode())
     return manifest
 
@@ -148,8 +169,8 @@ def read_manifest(adapter_uri: str, verify: bool = True) -> dict[str, Any]:
     An adapter without a manifest, or whose files do not match it, does not exist."""
     uri = normalize(adapter_uri)
     try:
-        manifest = json.loads(read_bytes(join(uri, MANIFEST)))
-    except StorageError:
+        manifest = json.loads(_read(join(uri, MANIFEST)))
+    except FileNotFoundError:
         raise StorageError(
             f"{adapter_uri}: no adapter here (no {MANIFEST}: missing, or publishing did not finish) — "
             "check the URI or the job's state"
@@ -169,7 +190,8 @@ def read_manifest(adapter_uri: str, verify: bool = True) -> dict[str, Any]:
         problems = []
         for name, meta in files.items():
             try:
-                digest, size = sha256_file(fs, f"{path}/{name}")
+                digest, size = _remote(join(uri, name), "checking",
+                                       lambda name=name: sha256_file(fs, f"{path}/{name}"))
             except FileNotFoundError:
                 problems.append(f"{name}: missing")
                 continue
@@ -185,5 +207,6 @@ def download_dir(src_uri: str, dest: str | Path, names: list[str]) -> Path:
     out = Path(dest)
     out.mkdir(parents=True, exist_ok=True)
     for name in names:
-        fs.get_file(f"{src}/{name}", str(out / name))
+        _remote(join(src_uri, name), "downloading",
+                lambda name=name: fs.get_file(f"{src}/{name}", str(out / name)))
     return out

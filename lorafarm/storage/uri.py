@@ -13,6 +13,8 @@ from pathlib import Path
 import fsspec
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
+CONNECT_TIMEOUT_S = 5
+READ_TIMEOUT_S = 30
 
 
 def scheme_of(uri: str) -> str:
@@ -38,7 +40,14 @@ def s3_options() -> dict:
     opts: dict = {"client_kwargs": {}}
     if endpoint:
         opts["client_kwargs"]["endpoint_url"] = endpoint
-    opts["config_kwargs"] = {"retries": {"max_attempts": 5, "mode": "standard"}}
+    # botocore retries each request quickly (3 tries in all, at most ~3 s of backoff) and gives up
+    # on a dead endpoint after connect_timeout; the store's write path adds slower, bounded
+    # retries on top (lorafarm.storage.retry), so the layers together stay within about a minute.
+    opts["config_kwargs"] = {
+        "retries": {"total_max_attempts": 3, "mode": "standard"},
+        "connect_timeout": CONNECT_TIMEOUT_S,
+        "read_timeout": READ_TIMEOUT_S,
+    }
     opts["skip_instance_cache"] = True
     return opts
 

@@ -1,0 +1,149 @@
+"""Fault tolerance on a real Ray cluster with the scheduler: a training worker killed mid-job,
+and a lower-priority job preempted for a higher one. Both end SUCCEEDED with the adapter of an
+uninterrupted run, and their events say what happened."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from ray_head import ROOT, RayHead, wait_until
+from safetensors.torch import load_file
+
+pytestmark = pytest.mark.integration
+
+TENANTS = textwrap.dedent("""
+    priority_classes: {low: 0, high: 1000}
+    default_priority: low
+    policy: {preemption: true}
+    tenants:
+      default: {weight: 1}
+      batch: {weight: 1, priorities: [low]}
+      urgent: {weight: 1, priorities: [high], default_priority: high}
+""")
+TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
+
+
+def _spec(tmp: Path, tenant: str, name: str, steps: int = 12) -> dict:
+    import yaml
+
+    spec = yaml.safe_load((ROOT / "jobs/quickstart.yaml").read_text())
+    spec.update(tenant=tenant, name=name)
+    spec["dataset"].update(uri=str(tmp / "small.jsonl"), eval_fraction=0.0)
+    spec["lora"]["dropout"] = 0.1  # RNG state must survive the restart too
+    spec["training"].update(max_steps=steps, warmup_steps=1, eval_every_steps=0, seq_len=64, global_batch_size=4,
+                            micro_batch_size=1, checkpoint_every_steps=2, keep_last=2)
+    spec["resources"].update(workers=2, cpus_per_worker=1)
+    return spec
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    tmp = Path(tempfile.mkdtemp(prefix="lff", dir="/tmp"))
+    head = RayHead(tmp, num_cpus=3)
+    head.store = str(tmp / "store")
+    head.tmp = tmp
+    (tmp / "tenants.yaml").write_text(TENANTS)
+    rows = [json.loads(line) for line in (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()[:48]]
+    (tmp / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    head.lorafarm("serve", "--store", head.store, "--tenants", str(tmp / "tenants.yaml"), "--reserve-cpus", "1",
+                  check=True, timeout=180)
+    yield head
+    head.stop()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _submit(head, spec: dict) -> str:
+    path = head.tmp / f"{spec['name']}.yaml"
+    path.write_text(json.dumps(spec))
+    return head.lorafarm_json("submit", str(path))["job_id"]
+
+
+def _status(head, job_id: str) -> dict:
+    return head.lorafarm_json("status", job_id)
+
+
+def _events(head, job_id: str) -> list[dict]:
+    return [json.loads(line) for line in head.lorafarm("events", job_id, "--json", check=True).stdout.splitlines()]
+
+
+def _finished(head, job_id: str, timeout: float = 600) -> dict:
+    return wait_until(lambda: (s := _status(head, job_id))["state"] in TERMINAL and s, timeout, f"{job_id} to end",
+                      interval=1.0)
+
+
+def _adapter(head, tenant: str, job_id: str) -> dict[str, torch.Tensor]:
+    return load_file(str(Path(head.store) / tenant / job_id / "adapter/adapter_model.safetensors"))
+
+
+def _max_diff(a, b) -> float:
+    assert a.keys() == b.keys()
+    return max(float((a[k] - b[k]).abs().max()) for k in a)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(cluster):
+    job = _submit(cluster, _spec(cluster.tmp, "batch", "whole"))
+    final = _finished(cluster, job)
+    assert final["state"] == "SUCCEEDED", final["reason"]
+    kinds = [e["kind"] for e in _events(cluster, job)]
+    assert "failure" not in kinds and "resumed" not in kinds
+    return _adapter(cluster, "batch", job)
+
+
+def _worker_pids(head) -> list[int]:
+    code = (
+        "import json, ray\nfrom ray.util.state import list_actors\nray.init(log_to_driver=False)\n"
+        "print(json.dumps([a.pid for a in list_actors(filters=[('class_name', '=', 'RayTrainWorker'),"
+        " ('state', '=', 'ALIVE')])]))\n"
+    )
+    out = head.python(code)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_adapter(cluster, uninterrupted):
+    job = _submit(cluster, _spec(cluster.tmp, "batch", "killed"))
+    wait_until(lambda: (_status(cluster, job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
+    pids = _worker_pids(cluster)
+    assert len(pids) == 2
+    killed_at = time.time()
+    os.kill(pids[-1], signal.SIGKILL)
+    final = _finished(cluster, job)
+    assert final["state"] == "SUCCEEDED", final["reason"]
+    events = _events(cluster, job)
+    failures = [e for e in events if e["kind"] == "failure"]
+    resumed = [e for e in events if e["kind"] == "resumed"]
+    assert failures and resumed, [(e["kind"], e["message"]) for e in events]
+    assert resumed[-1]["data"]["step"] >= 4 and resumed[-1]["time"] > killed_at
+    print(f"worker loss to training again: {resumed[-1]['time'] - killed_at:.1f} s")
+    assert _max_diff(_adapter(cluster, "batch", job), uninterrupted) <= 1e-6
+
+
+def test_a_higher_class_preempts_a_lower_one_which_resumes_exactly(cluster, uninterrupted):
+    low = _submit(cluster, _spec(cluster.tmp, "batch", "preempted"))
+    wait_until(lambda: ((_status(cluster, low).get("progress") or {}).get("step") or 0) >= 3, 480, "low to train")
+    high = _submit(cluster, _spec(cluster.tmp, "urgent", "urgent", steps=2))
+    high_final = _finished(cluster, high)
+    assert high_final["state"] == "SUCCEEDED", high_final["reason"]
+    low_final = _finished(cluster, low)
+    assert low_final["state"] == "SUCCEEDED", low_final["reason"]
+
+    events = _events(cluster, low)
+    kinds = [e["kind"] for e in events]
+    assert kinds.index("preempting") < kinds.index("preempted") < kinds.index("resumed"), kinds
+    preempted = next(e for e in events if e["kind"] == "preempted")
+    resumed = next(e for e in events if e["kind"] == "resumed")
+    assert preempted["state"] == "QUEUED" and resumed["data"]["step"] >= 3
+    assert kinds.count("started") == 2
+    # the high job ran while the low one waited: it started after the preemption, ended before the resume
+    assert preempted["time"] <= high_final["started_at"] <= high_final["ended_at"] <= resumed["time"]
+    assert _max_diff(_adapter(cluster, "batch", low), uninterrupted) <= 1e-6
