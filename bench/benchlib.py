@@ -32,7 +32,8 @@ QUICKSTART = {
     "dataset": {"uri": str(REPO / "jobs/data/pirate_chat.jsonl"), "format": "chat", "eval_fraction": 0.0},
     "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
     "training": {"max_steps": 1000, "global_batch_size": 16, "micro_batch_size": 4, "seq_len": 256,
-                 "learning_rate": 2e-3, "warmup_steps": 0, "max_grad_norm": 1.0, "seed": 0},
+                 "learning_rate": 2e-3, "warmup_steps": 0, "max_grad_norm": 1.0, "seed": 0,
+                 "checkpoint_every_steps": 0},  # the step loop alone (checkpoint_bench times saves)
     "zero": {"stage": 2, "precision": "fp32"},
     "resources": {"workers": 1},
 }

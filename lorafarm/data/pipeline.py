@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 
 from ..errors import DataError
 from ..spec import JobSpec
-from ..storage import Store, exists, filesystem, join, read_bytes, write_bytes
+from ..storage import Store, exists, join, read_bytes, write_bytes
 from .formats import FORMAT_VERSION, encode
 from .packing import to_rows
 from .read import _reason, fingerprint, read_examples
@@ -129,10 +129,8 @@ def prepare(spec: JobSpec, tokenizer_dir: str, store: Store, *, parallel: bool =
 def load_rows(uri: str) -> pa.Table:
     """The rows :func:`prepare` cached. One that does not decode is a :class:`DataError` naming it,
     which fails the job (restarting the workers would read the same bytes); a store that cannot be
-    reached raises as before, so Ray Train retries."""
-    fs, path = filesystem(uri)
-    with fs.open(path, "rb") as f:
-        data = f.read()
+    reached raises a StorageError (after retries), so Ray Train restarts the workers."""
+    data = read_bytes(uri)
     try:
         return pq.read_table(pa.BufferReader(data))
     except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds

@@ -1,7 +1,11 @@
 """Read examples (JSONL/JSON/Parquet, local or S3) and check every row for its format.
 
 I/O goes through the fsspec filesystem of the URI; Parquet through pyarrow. JSONL is parsed
-line by line so a bad row is named by its exact line number.
+line by line so a bad row is named by its exact line number; Parquet row group by row group so
+a corrupt one is named with its rows. ``on_bad_rows: skip`` drops rows that fail the format
+checks; what is wrong with a whole file (corrupt or truncated Parquet, a column type no row can
+satisfy, bytes that are not UTF-8, a file that cannot be read) is a DataError in either mode. On
+object stores, transient failures are retried and end as a StorageError, never as "corrupt".
 """
 
 from __future__ import annotations
@@ -12,18 +16,20 @@ import glob as globlib
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from ..errors import DataError
+from ..errors import DataError, StorageError
 from ..spec import DatasetSpec
-from ..storage import filesystem, is_remote, normalize
+from ..storage import filesystem, is_remote, normalize, with_retries
 
 SUFFIXES = (".jsonl", ".json", ".parquet")
 ROLES = ("system", "user", "assistant")
+T = TypeVar("T")
 
 
 @dataclass
@@ -45,18 +51,21 @@ def list_files(uri: str) -> list[str]:
     """The data files a URI names: one file, a directory of them, or a glob (sorted)."""
     fs, path = filesystem(uri)
     prefix = uri.split("://", 1)[0] + "://" if is_remote(uri) else ""
-    try:
+
+    def find() -> list[str]:
         if any(ch in path for ch in "*?["):
-            found = sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path, recursive=True))  # `**` as on S3
-        elif fs.isdir(path):
-            found = sorted(e for e in fs.ls(path, detail=False) if not fs.isdir(e))
-        elif fs.exists(path):
-            found = [path]
-        elif not is_remote(uri) and os.path.islink(_named(uri)):
+            return sorted(fs.glob(path)) if is_remote(uri) else sorted(globlib.glob(path, recursive=True))  # `**` as on S3
+        if fs.isdir(path):
+            return sorted(e for e in fs.ls(path, detail=False) if not fs.isdir(e))
+        if fs.exists(path):
+            return [path]
+        if not is_remote(uri) and os.path.islink(_named(uri)):
             raise DataError(f"{uri}: a broken symbolic link (to {os.readlink(_named(uri))}) — restore its target or "
                             "fix dataset.uri")
-        else:
-            raise DataError(f"{uri}: not found — check dataset.uri (a file, a directory or a glob)")
+        raise DataError(f"{uri}: not found — check dataset.uri (a file, a directory or a glob)")
+
+    try:
+        found = _io(uri, "listing", find)
     except OSError as e:
         raise DataError(f"{uri}: cannot list the data files ({_reason(e)}) — check dataset.uri and read access") from None
     files = [f for f in found if f.endswith(SUFFIXES)]
@@ -71,12 +80,18 @@ def fingerprint(uri: str) -> str:
     for f in list_files(uri):
         fs, path = filesystem(f)
         try:
-            info = fs.info(path)
+            info = _io(f, "looking up", lambda fs=fs, path=path: fs.info(path))
         except OSError as e:
             raise _unreadable(f, e) from None
         stamp = info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""
         h.update(json.dumps([f, info.get("size"), str(stamp)]).encode())
     return h.hexdigest()
+
+
+def _io(uri: str, what: str, fn: Callable[[], T]) -> T:
+    """``fn()``; on an object store, transient failures (a connection reset, a 5xx) are retried,
+    and a :class:`StorageError` says so when they run out: an outage is not bad data."""
+    return with_retries(fn, f"{what} {uri}") if is_remote(uri) else fn()
 
 
 def _display(f: str) -> str:
@@ -85,7 +100,8 @@ def _display(f: str) -> str:
 
 def _reason(e: BaseException) -> str:
     """An exception's message on one short line (pyarrow's span several and quote its input)."""
-    text = " ".join(str(e).replace("Could not open Parquet input source '<Buffer>': ", "").split())
+    text = "".join(ch if ch.isprintable() else " " for ch in str(e))
+    text = " ".join(text.replace("Could not open Parquet input source '<Buffer>': ", "").split())
     text = text or type(e).__name__
     return text if len(text) <= 200 else text[:197] + "..."
 
@@ -134,9 +150,12 @@ def _iter_rows(f: str, spec: DatasetSpec):
     if f.endswith(".parquet"):
         yield from _parquet_rows(f, fs, path, spec)
         return
-    try:
+    def read() -> bytes:
         with fs.open(path, "rb") as fh:
-            raw = fh.read()
+            return fh.read()
+
+    try:
+        raw = _io(f, "reading", read)
     except OSError as e:
         raise _unreadable(f, e) from None
     text = _decode(f, raw)
@@ -185,13 +204,17 @@ def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
     option drops individual bad rows, never silently a part of a file."""
     name = _display(f)
     try:
-        fh = fs.open(path, "rb")
+        fh = _io(f, "opening", lambda: fs.open(path, "rb"))
     except OSError as e:
         raise _unreadable(f, e) from None
     with fh:
         try:
-            pf = pq.ParquetFile(fh, page_checksum_verification=True)
+            pf = _io(f, "reading the footer of", lambda: pq.ParquetFile(fh, page_checksum_verification=True))
             groups = [pf.metadata.row_group(g).num_rows for g in range(pf.num_row_groups)]
+        except StorageError:
+            raise
+        except (PermissionError, FileNotFoundError) as e:
+            raise _unreadable(f, e) from None
         except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds
             raise DataError(f"{name}: not a readable Parquet file ({_reason(e)}) — it is truncated (an interrupted "
                             "upload or copy?) or not Parquet: re-write or re-upload it") from None
@@ -202,7 +225,11 @@ def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
             if not n:
                 continue
             try:
-                rows = pf.read_row_group(g).to_pylist()
+                rows = _io(f, f"reading row group {g} of", lambda g=g: pf.read_row_group(g).to_pylist())
+            except StorageError:
+                raise
+            except (PermissionError, FileNotFoundError) as e:  # e.g. the object was deleted mid-read
+                raise _unreadable(f, e) from None
             except Exception as e:  # noqa: BLE001
                 raise DataError(
                     f"{name}: row group {g} of {len(groups)} (rows {start}-{start + n - 1}) is corrupt ({_reason(e)})"
