@@ -14,6 +14,7 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
       default:                      # required unless unknown_tenants is reject
         weight: 1                   # fair-share weight (> 0)
         quota: {workers: 8, gpus: 8, cpus: 64, max_queued: 100}   # each optional; absent = no limit
+        guaranteed: {gpus: 2}       # preemption never takes the tenant below this (workers/gpus/cpus; absent = 0)
       acme:
         weight: 2
         quota: {gpus: 16}
@@ -59,9 +60,18 @@ class Quota(_Strict):
     max_queued: int | None = Field(None, ge=0, description="Most jobs waiting in the queue; more are refused.")
 
 
+class Guarantee(_Strict):
+    """What preemption never takes a tenant below (absent = nothing guaranteed)."""
+
+    workers: int | None = Field(None, ge=0, description="Workers this tenant keeps running when preempted.")
+    gpus: float | None = Field(None, ge=0, description="GPUs this tenant keeps when preempted.")
+    cpus: float | None = Field(None, ge=0, description="CPUs this tenant keeps when preempted.")
+
+
 class Tenant(_Strict):
     weight: float = Field(1.0, gt=0, description="Fair-share weight: twice the weight, twice the dominant share.")
     quota: Quota = Field(default_factory=Quota)
+    guaranteed: Guarantee = Field(default_factory=Guarantee)
     priorities: list[Name] | None = Field(None, description="Priority classes this tenant may use (absent = all).")
     default_priority: Name | None = Field(None, description="Class of a job that names none (absent = the file's).")
     allow_trust_remote_code: bool = Field(False, description="Let this tenant's jobs run a base model's own code.")
@@ -117,6 +127,9 @@ class TenantsConfig(_Strict):
 
     def quota_dict(self, name: str) -> dict[str, float | int | None]:
         return self._entry(name).quota.model_dump()
+
+    def guaranteed(self, name: str) -> Guarantee:
+        return self._entry(name).guaranteed
 
     def max_queued(self, name: str) -> int | None:
         return self._entry(name).quota.max_queued

@@ -272,6 +272,19 @@ def test_preemption_finds_its_head_on_a_completely_full_cpu_cluster():
     assert d.preempt == () and d.start == ()  # an equal class waits
 
 
+def test_preemption_never_takes_a_tenant_below_its_guarantee():
+    guarded = load_tenants("policy: {preemption: true}\ntenants:\n  default: {weight: 1}\n"
+                           "  a: {guaranteed: {gpus: 4}}\n")
+    running = [run("a-old", "a", priority="low", gpus=4, started=1), run("a-new", "a", priority="low", gpus=4, started=2),
+               run("b1", "b", priority="low", gpus=4, started=3)]
+    full = pool(12, free_gpus=0)
+    # a holds 8 with 4 guaranteed: one of its jobs may go, never both; b has no guarantee
+    assert decide([job("h", "x", gpus=4, priority="high", at=5)], running, full, guarded, 10).preempt == ("b1",)
+    assert decide([job("h", "x", gpus=8, priority="high", at=5)], running, full, guarded, 10).preempt == ("b1", "a-new")
+    d = decide([job("h", "x", gpus=12, priority="high", at=5)], running, full, guarded, 10)
+    assert d.preempt == () and d.reserved_for == "h"  # it would need all of a's guaranteed GPUs
+
+
 def test_preemption_is_off_unless_the_tenants_file_enables_it():
     running = [run("low", priority="low", gpus=8)]
     assert decide([job("h", gpus=8, priority="high")], running, pool(8, free_gpus=0), TENANTS, 1).preempt == ()

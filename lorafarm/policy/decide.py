@@ -202,20 +202,33 @@ def choose_victims(
     head: JobRequest, running: Sequence[RunningJob], cluster: ClusterState, tenants: TenantsConfig
 ) -> tuple[str, ...]:
     """The fewest running jobs of strictly lower class (lowest class, then newest, first) whose
-    resources, added to what is free, let ``head`` start; () when no such set exists."""
+    resources, added to what is free, let ``head`` start; () when no such set exists. A job is
+    never chosen when stopping it would take its tenant below its ``guaranteed`` resources."""
     head_value = tenants.priority_value(head.priority)
     candidates = sorted(
         (j for j in running if tenants.priority_value(j.priority) < head_value),
         key=lambda j: (tenants.priority_value(j.priority), -j.started_at, j.job_id),
     )
+    usage = usage_by_tenant(running)
     pool = Pool(cluster)
     chosen: list[str] = []
     for victim in candidates:
+        if not _keeps_guarantee(usage[victim.tenant], victim, tenants.guaranteed(victim.tenant)):
+            continue
+        u = usage[victim.tenant]
+        u.workers, u.cpus, u.gpus = u.workers - victim.workers, u.cpus - victim.cpus, u.gpus - victim.gpus
         pool.take(victim.workers, victim.cpus_per_worker, victim.gpus_per_worker, victim.placement, sign=-1.0)
         chosen.append(victim.job_id)
         if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
             return _drop_unneeded(head, running, cluster, chosen)
     return ()
+
+
+def _keeps_guarantee(u: _Usage, victim: RunningJob, g) -> bool:
+    """Whether the tenant still holds its guaranteed resources after ``victim`` stops."""
+    return ((g.workers is None or u.workers - victim.workers >= g.workers)
+            and (g.cpus is None or u.cpus - victim.cpus >= g.cpus - EPS)
+            and (g.gpus is None or u.gpus - victim.gpus >= g.gpus - EPS))
 
 
 def _drop_unneeded(head: JobRequest, running: Sequence[RunningJob], cluster: ClusterState,
