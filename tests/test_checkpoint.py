@@ -183,3 +183,16 @@ def test_nonfinite_loss_skip_leaves_the_update_out_and_goes_on(tmp_path, baselin
     adapter = _adapter(tmp_path, "nan-skip")
     assert all(torch.isfinite(t).all() for t in adapter.values())
     assert _max_diff(adapter, whole) > 1e-4  # one update fewer than the uninterrupted run
+
+
+def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(baseline):
+    tmp, whole, _ = baseline
+    first = _run(tmp, _spec(checkpoint_every_steps=1, keep_last=2), "fallback", world=1, stop_after=4)
+    assert first["preempted_at"] == 4
+    newest = tmp / "store/t/fallback/checkpoints/step-4/weights.safetensors"
+    data = bytearray(newest.read_bytes())
+    data[-5] ^= 0xFF  # one flipped bit in a tensor: the marker's sha256 catches it
+    newest.write_bytes(bytes(data))
+    second = _run(tmp, _spec(checkpoint_every_steps=1, keep_last=2), "fallback", world=1)
+    assert second["resumed_from"] == 3 and second["published"]
+    assert _max_diff(_adapter(tmp, "fallback"), whole) <= 1e-6

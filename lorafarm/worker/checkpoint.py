@@ -280,19 +280,23 @@ class Restored:
     same_world: bool
 
 
-def load_checkpoint(ref: CheckpointRef, engine, model, scheduler, rank: int, world: int) -> Restored:
-    """Collective. Verifies every file against the marker, restores weights, optimizer and
-    LR schedule; RNG states too when the worker count is the one that saved it (other worker
-    counts draw fresh per-rank streams: only dropout uses them)."""
+def read_checkpoint(ref: CheckpointRef) -> dict[str, bytes]:
+    """The checkpoint's files, each checked against the marker's size and sha256 (no collectives)."""
     blobs = {}
     for name, meta in ref.marker["files"].items():
         data = read_bytes(join(ref.uri, name))
         if len(data) != meta["size"] or hashlib.sha256(data).hexdigest() != meta["sha256"]:
-            raise StorageError(
-                f"{ref.uri}/{name}: does not match its checkpoint marker — the checkpoint is corrupt; "
-                "delete the step directory to resume from an older one"
-            )
+            raise StorageError(f"{ref.uri}/{name}: does not match its checkpoint marker — the checkpoint is corrupt")
         blobs[name] = data
+    return blobs
+
+
+def load_checkpoint(
+    ref: CheckpointRef, blobs: dict[str, bytes], engine, model, scheduler, rank: int, world: int
+) -> Restored:
+    """Collective. Restores weights, optimizer and LR schedule from :func:`read_checkpoint`'s
+    files; RNG states too when the worker count is the one that saved it (other worker counts
+    draw fresh per-rank streams: only dropout uses them)."""
     state = json.loads(blobs["state.json"])
     scatter_training_state(
         engine,

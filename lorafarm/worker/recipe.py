@@ -98,18 +98,24 @@ class LoraRecipe:
     def _resume(self) -> None:
         """Continue from the job's latest complete checkpoint, if it has one (a restarted
         worker group, a re-queued or preempted job): same global batches from the saved step."""
-        from ..errors import TrainingError
+        from ..errors import StorageError, TrainingError
         from ..spec import resume_digest
-        from .checkpoint import latest_checkpoint, load_checkpoint
+        from .checkpoint import list_checkpoints, load_checkpoint, read_checkpoint
 
-        ref = latest_checkpoint(self.cfg.job_uri)
-        if ref is None:
+        blobs = None
+        for ref in reversed(list_checkpoints(self.cfg.job_uri)):  # newest first; a corrupt one falls back
+            if ref.marker.get("resume_digest") != resume_digest(self.spec):
+                raise TrainingError(
+                    f"{ref.uri}: made for a different spec (only resources, priority, zero.stage, micro_batch_size "
+                    "and checkpoint settings may change on resume) — resubmit as a new job, or restore the spec")
+            try:
+                blobs = read_checkpoint(ref)  # every rank reads the same files: all fall back alike
+                break
+            except StorageError as e:
+                self._send({"kind": "error", "reason": f"{e}; trying an older checkpoint"})
+        if blobs is None:
             return
-        if ref.marker.get("resume_digest") != resume_digest(self.spec):
-            raise TrainingError(
-                f"{ref.uri}: made for a different spec (only resources, priority, zero.stage, micro_batch_size and "
-                "checkpoint settings may change on resume) — resubmit as a new job, or restore the spec")
-        restored = load_checkpoint(ref, self.engine, self.model, self.scheduler, self.rank, self.world)
+        restored = load_checkpoint(ref, blobs, self.engine, self.model, self.scheduler, self.rank, self.world)
         state = restored.state
         if state.get("base_weights_digest") != self.base_digest:
             raise TrainingError(f"{ref.uri}: made on other base weights than {self.spec.base_model} — resubmit as a "
