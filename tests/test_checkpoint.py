@@ -41,10 +41,10 @@ def _spec(**training):
 
 
 def _run(tmp: Path, spec, job_id: str, world: int, stage: int = 2, stop_after: int = 0, nan_at_step: int = 0,
-         fails: bool = False):
+         fails: bool = False, store_root: str | None = None):
     """One attempt of job ``job_id`` on ``world`` ranks; returns rank 0's report (its stderr
     when ``fails``)."""
-    store = Store.open(str(tmp / "store"))
+    store = Store.open(store_root or str(tmp / "store"))
     spec = validate_spec({**spec.model_dump(mode="json"), "zero": {"stage": stage}, "resources": {"workers": world}})
     prepared = prepare(spec, str(resolve_base(spec.base_model)), store, parallel=False)
     job_uri = store.job_uri(spec.tenant, job_id)
@@ -196,3 +196,21 @@ def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(baseline):
     second = _run(tmp, _spec(checkpoint_every_steps=1, keep_last=2), "fallback", world=1)
     assert second["resumed_from"] == 3 and second["published"]
     assert _max_diff(_adapter(tmp, "fallback"), whole) <= 1e-6
+
+
+@pytest.mark.integration
+def test_checkpoints_in_s3_prune_and_resume_exactly(baseline, s3_bucket):
+    from safetensors.torch import load
+
+    from lorafarm.storage import read_bytes
+
+    tmp, whole, _ = baseline
+    root = f"s3://{s3_bucket}/store"
+    spec = _spec(checkpoint_every_steps=1, keep_last=2)
+    first = _run(tmp, spec, "on-s3", world=1, stop_after=3, store_root=root)
+    assert first["preempted_at"] == 3
+    assert [c.step for c in list_checkpoints(f"{root}/t/on-s3")] == [2, 3]
+    second = _run(tmp, spec, "on-s3", world=1, store_root=root)
+    assert second["resumed_from"] == 3 and second["published"]
+    adapter = load(read_bytes(f"{root}/t/on-s3/adapter/adapter_model.safetensors"))
+    assert _max_diff(adapter, whole) <= 1e-6

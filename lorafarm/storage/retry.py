@@ -13,11 +13,12 @@ import errno
 import logging
 import os
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from ..errors import StorageError
+from ..errors import LorafarmError, StorageError
 
 T = TypeVar("T")
 log = logging.getLogger(__name__)
@@ -29,7 +30,7 @@ MAX_DELAY_S = 8.0
 BUDGET_S = 30.0  # no backoff sleep ends later than this after the first attempt started
 
 _TRANSIENT_CODES = {
-    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "RequestTimeTooSkewed",
+    "SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout",
     "Throttling", "ThrottlingException", "RequestLimitExceeded", "TooManyRequestsException",
     "ProvisionedThroughputExceededException", "BandwidthLimitExceeded", "EC2ThrottledException",
 }
@@ -38,7 +39,15 @@ _TRANSIENT_ERRNOS = {
     errno.EHOSTUNREACH, errno.ENETUNREACH, errno.ENETDOWN, errno.EREMOTEIO,
 }
 _TRANSIENT_TEXT = ("SlowDown", "reduce your request rate", "ServiceUnavailable", "Service Unavailable")
-_NEVER = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError, FileExistsError)
+
+
+def _never(e: BaseException) -> bool:
+    """Errors that retrying cannot fix, some of them subclasses of connection errors."""
+    if isinstance(e, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError,
+                      FileExistsError, ssl.SSLCertVerificationError, LorafarmError)):
+        return True  # LorafarmError: ours, a verdict or retries already spent
+    # a TLS certificate the client rejects (botocore's SSLError is a ConnectionError)
+    return "SSL" in type(e).__name__ and "certificate verify failed" in str(e).lower()
 
 
 def _transient_types() -> tuple[type[BaseException], ...]:
@@ -78,15 +87,13 @@ def _chain(exc: BaseException):
 def is_transient(exc: BaseException) -> bool:
     """Whether ``exc`` (or what it wraps) is worth retrying: a connection or timeout problem, or
     an HTTP 5xx/throttling answer. A missing object, a permission problem or a 4xx never is."""
-    try:
-        from botocore.exceptions import ClientError
-    except ImportError:  # pragma: no cover
-        ClientError = ()  # noqa: N806
+    from botocore.exceptions import ClientError
+
     transient = _transient_types()
     for e in _chain(exc):
-        if isinstance(e, _NEVER):
+        if _never(e):
             return False
-        if ClientError and isinstance(e, ClientError):
+        if isinstance(e, ClientError):
             response = getattr(e, "response", None) or {}
             code = (response.get("Error") or {}).get("Code", "")
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode") or 0

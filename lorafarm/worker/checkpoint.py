@@ -61,10 +61,12 @@ def list_checkpoints(job_uri: str) -> list[CheckpointRef]:
         if not m:
             continue
         uri = join(checkpoints_uri(job_uri), name)
+        if not exists(join(uri, MARKER)):
+            continue  # being written, or cut short (an unreachable store raises instead: never "no checkpoint")
         try:
             marker = json.loads(read_bytes(join(uri, MARKER)))
-        except (StorageError, json.JSONDecodeError, UnicodeDecodeError):
-            continue  # being written, or cut short
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
         if marker.get("format") == FORMAT:
             out.append(CheckpointRef(uri=uri, step=int(m.group(1)), marker=marker))
     return sorted(out, key=lambda c: c.step)
