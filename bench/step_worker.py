@@ -339,7 +339,7 @@ def memory_facts(recipe) -> dict[str, Any]:
     frozen = [(n, p) for n, p in model.named_parameters() if "lora_" not in n]
     return {
         "rank": recipe.rank,
-        "stage": recipe.spec.zero.stage,
+        "stage": recipe.spec.resolved_stage(recipe.world),
         "precision": recipe.precision,
         "trainable_params": rep["trainable_params"],
         "total_params": rep["total_params"],

@@ -40,7 +40,7 @@ def _spec(**training):
     })
 
 
-def _run(tmp: Path, spec, job_id: str, world: int, stage: int = 2, stop_after: int = 0, nan_at_step: int = 0,
+def _run(tmp: Path, spec, job_id: str, world: int, stage: int | str = "auto", stop_after: int = 0, nan_at_step: int = 0,
          fails: bool = False, store_root: str | None = None):
     """One attempt of job ``job_id`` on ``world`` ranks; returns rank 0's report (its stderr
     when ``fails``)."""
@@ -83,7 +83,7 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
-    """The uninterrupted run on 1 worker, ZeRO-2."""
+    """The uninterrupted run on 1 worker (zero.stage auto: 0)."""
     tmp = tmp_path_factory.mktemp("ckpt")
     report = _run(tmp, _spec(), "whole", world=1)
     assert report["published"] and report["resumed_from"] is None and len(report["losses"]) == 6
@@ -102,6 +102,7 @@ def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_adapter(baseline):
     assert names == {"weights.safetensors", "optimizer.safetensors", "state.json", "rng-rank-0.pt"}
     state = json.loads((tmp / "store/t/stopped/checkpoints/step-3/state.json").read_text())
     assert state["samples_seen"] == 12 and state["step"] == 3 and state["optimizer_step"] == 3
+    assert state["spec_digest"].startswith("sha256:") and state["resume_digest"] == ref.marker["resume_digest"]
     # only LoRA tensors: never the frozen base
     weights = load_file(str(tmp / "store/t/stopped/checkpoints/step-3/weights.safetensors"))
     assert weights and all("lora_" in k for k in weights)
@@ -113,9 +114,9 @@ def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_adapter(baseline):
 
 
 @pytest.mark.integration
-def test_elastic_resume_on_two_workers_under_zero3_after_one(baseline):
+def test_elastic_resume_on_two_workers_under_zero3_after_one_under_zero1(baseline):
     tmp, whole, whole_losses = baseline
-    first = _run(tmp, _spec(), "elastic", world=1, stage=2, stop_after=2)
+    first = _run(tmp, _spec(), "elastic", world=1, stage=1, stop_after=2)
     assert first["preempted_at"] == 2
     second = _run(tmp, _spec(), "elastic", world=2, stage=3)
     assert second["resumed_from"] == 2 and second["published"]
@@ -207,10 +208,10 @@ def test_checkpoints_in_s3_prune_and_resume_exactly(baseline, s3_bucket):
     tmp, whole, _ = baseline
     root = f"s3://{s3_bucket}/store"
     spec = _spec(checkpoint_every_steps=1, keep_last=2)
-    first = _run(tmp, spec, "on-s3", world=1, stop_after=3, store_root=root)
+    first = _run(tmp, spec, "on-s3", world=1, stage=2, stop_after=3, store_root=root)
     assert first["preempted_at"] == 3
     assert [c.step for c in list_checkpoints(f"{root}/t/on-s3")] == [2, 3]
-    second = _run(tmp, spec, "on-s3", world=1, store_root=root)
+    second = _run(tmp, spec, "on-s3", world=1, stage=2, store_root=root)
     assert second["resumed_from"] == 3 and second["published"]
     adapter = load(read_bytes(f"{root}/t/on-s3/adapter/adapter_model.safetensors"))
     assert _max_diff(adapter, whole) <= 1e-6

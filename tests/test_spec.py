@@ -140,7 +140,9 @@ def test_set_unknown_path_and_malformed_pair(tmp_path):
 def test_defaults_and_digest_are_stable():
     a, b = validate_spec(GOOD), validate_spec(json.loads(json.dumps(GOOD)))
     assert spec_digest(a) == spec_digest(b)
-    assert a.zero.stage == 2 and a.resolved_precision() == "fp32"
+    assert a.zero.stage == "auto" and a.resolved_precision() == "fp32"
+    assert a.resolved_stage(1) == 0 and a.resolved_stage(2) == 2  # nothing to partition on one worker
+    assert validate_spec(_with("zero.stage", 3)).resolved_stage(1) == 3
     assert a.grad_accum_steps(1) == 4 and a.grad_accum_steps(2) == 2 and a.grad_accum_steps(4) == 1
     assert spec_digest(validate_spec(_with("lora.r", 4))) != spec_digest(a)
 

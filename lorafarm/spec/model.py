@@ -88,8 +88,9 @@ class TrainingSpec(_Section):
 
 
 class ZeroSpec(_Section):
-    stage: Literal[0, 1, 2, 3] = Field(
-        2, description="DeepSpeed ZeRO stage; 3 also partitions the frozen base (only worth it when it does not fit)."
+    stage: Literal["auto", 0, 1, 2, 3] = Field(
+        "auto", description="DeepSpeed ZeRO stage. auto: 0 on one worker (nothing to partition), 2 on more; "
+        "3 also partitions the frozen base (only worth it when it does not fit).",
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: fp32 on CPU, bf16 on GPU."
@@ -131,6 +132,12 @@ class JobSpec(_Section):
     def grad_accum_steps(self, workers: int | None = None) -> int:
         w = workers or self.resources.workers
         return self.training.global_batch_size // (self.training.micro_batch_size * w)
+
+    def resolved_stage(self, workers: int | None = None) -> int:
+        """The ZeRO stage a run on ``workers`` uses (``zero.stage: auto`` decided)."""
+        if self.zero.stage != "auto":
+            return self.zero.stage
+        return 0 if (workers or self.resources.workers) == 1 else 2
 
     def resolved_precision(self) -> str:
         if self.zero.precision != "auto":

@@ -218,6 +218,7 @@ class LoraRecipe:
 
         extra = {
             "resume_digest": resume_digest(self.spec),
+            "spec_digest": spec_digest(self.spec),
             "base_weights_digest": self.base_digest,
             "samples_seen": step * self.spec.training.global_batch_size,
             "tokens_seen": self.tokens_seen,
@@ -411,7 +412,7 @@ class LoraRecipe:
                 "wall_seconds": time.time() - self.cfg.started_at,
             },
             "world_size": self.world,
-            "zero_stage": self.spec.zero.stage,
+            "zero_stage": self.spec.resolved_stage(self.world),
             "precision": self.precision,
             "grad_accum_steps": self.accum,
             "versions": {

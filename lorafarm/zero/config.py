@@ -15,17 +15,18 @@ def ds_config(spec: JobSpec, world_size: int, total_steps: int) -> dict[str, Any
     t = spec.training
     accum = spec.grad_accum_steps(world_size)
     precision = spec.resolved_precision()
+    stage = spec.resolved_stage(world_size)
     cfg: dict[str, Any] = {
         "train_batch_size": t.global_batch_size,
         "train_micro_batch_size_per_gpu": t.micro_batch_size,
         "gradient_accumulation_steps": accum,
         "gradient_clipping": t.max_grad_norm,
-        "zero_optimization": {"stage": spec.zero.stage},
+        "zero_optimization": {"stage": stage},
         "zero_allow_untested_optimizer": True,
         "steps_per_print": 10**9,
         "wall_clock_breakdown": False,
     }
-    if spec.zero.stage == 3:
+    if stage == 3:
         cfg["zero_optimization"].update(
             {"stage3_gather_16bit_weights_on_model_save": False, "stage3_param_persistence_threshold": 0}
         )
