@@ -7,6 +7,8 @@ serialise with safetensors, write to the store (local directory: temp file + fsy
 hash for the marker — and reading it back with the sha256 check.
 
     python bench/checkpoint_bench.py [--store DIR] [--repeats N] [--out FILE.json]
+
+Prints ``BENCH {json}`` lines (bench/run_all.py format).
 """
 
 from __future__ import annotations
@@ -90,10 +92,10 @@ def main() -> None:
             "quickstart (tiny-llama, r=16, all-linear)": measure(quickstart_shapes(), store / "quick", args.repeats),
             "llama-3.1-8b shapes (r=16, q,k,v,o)": measure(lora_shapes_8b(), store / "8b", args.repeats),
         }
-    text = json.dumps(result, indent=2)
-    print(text)
+    for case, record in result.items():
+        print("BENCH " + json.dumps({"bench": "checkpoint", "case": case, **record}), flush=True)
     if args.out:
-        Path(args.out).write_text(text + "\n")
+        Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,11 @@
 """Run every CPU benchmark and write one JSON file and one Markdown table.
 
-    .venv/bin/python bench/run_all.py --out bench/out [--quick] [--only throughput,zero,data,policy,metrics]
+    .venv/bin/python bench/run_all.py --out bench/out [--quick] [--only throughput,zero,data,policy,metrics,checkpoint,scheduler]
 
 Each benchmark runs as its own subprocess (so one crash does not lose the others) and prints
 ``BENCH {json}`` lines (``policy_bench.py`` and ``metrics_bench.py`` print plain JSON lines,
 taken as they are). Writes ``OUT/results.json`` (machine, versions, load averages, every
-record, the command of each) and ``OUT/results.md``. About 8-10 minutes on 2 idle cores;
+record, the command of each) and ``OUT/results.md``. About 12 minutes on 2 idle cores;
 ``--quick`` about 3 (fewer repetitions and steps, no 1-vs-2-worker scaling, fp32 only).
 """
 
@@ -34,6 +34,7 @@ def plan(quick: bool) -> dict[str, list[str]]:
             "data": [PY, b + "data_bench.py", "--copies", "3", "--reps", "1"],
             "policy": [PY, b + "policy_bench.py", "--seconds", "1"],
             "metrics": [PY, b + "metrics_bench.py", "--repeat", "50"],
+            "checkpoint": [PY, b + "checkpoint_bench.py", "--repeats", "1"],
         }
     return {
         "throughput": [PY, b + "throughput_bench.py", "--reps", "5", "--steps", "8"],
@@ -41,6 +42,8 @@ def plan(quick: bool) -> dict[str, list[str]]:
         "data": [PY, b + "data_bench.py", "--copies", "10", "--reps", "3"],
         "policy": [PY, b + "policy_bench.py", "--seconds", "3"],
         "metrics": [PY, b + "metrics_bench.py"],
+        "checkpoint": [PY, b + "checkpoint_bench.py"],
+        "scheduler": [PY, b + "scheduler_bench.py", "--reps", "3"],
     }
 
 
@@ -139,7 +142,14 @@ def markdown(results: dict) -> str:
             elif "generate_latest_ms_median" in r:
                 row("metrics", f"/metrics scrape, {r.get('jobs')} jobs", f"{r['generate_latest_ms_median']} ms, "
                     f"{r['payload_bytes'] / 1024:.1f} KiB", "", run)
-    lines += ["", "Scheduler submit-to-first-step: not measured here (see policy_bench for decision cost)."]
+            elif kind == "checkpoint":
+                row("checkpoint", f"{r['case']}: size; save; load+verify",
+                    f"{r['checkpoint_bytes'] / 1e6:.2f} MB ({r['bytes_per_param']:.2f} B/param); "
+                    f"{r['save_s_median']:.3f} s; {r['load_s_median']:.3f} s", "", run)
+            elif kind == "scheduler_overhead":
+                v, d = r["via_scheduler_s"], r["direct_run_s"]
+                row("scheduler", r["what"], f"{v['median']:.1f} s vs {d['median']:.1f} s = {r['ratio_median']:.3f}× "
+                    f"(+{r['overhead_s_median']:.2f} s; queued {r['queued_s_median']:.2f} s)", "", run)
     return "\n".join(lines) + "\n"
 
 
@@ -147,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated subset of: throughput,zero,data,policy,metrics")
+    ap.add_argument("--only", default="", help="comma-separated subset of: throughput,zero,data,policy,metrics,checkpoint,scheduler")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args(argv)
     out = Path(args.out)

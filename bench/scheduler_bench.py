@@ -49,7 +49,7 @@ def _timed(head: RayHead, *args: str) -> tuple[float, str]:
     p = head.lorafarm(*args, timeout=900)
     if p.returncode != 0:
         raise SystemExit(f"lorafarm {' '.join(args)} failed ({p.returncode}):\n{p.stdout[-2000:]}\n{p.stderr[-2000:]}")
-    return time.perf_counter() - t0, p.stdout
+    return time.perf_counter() - t0, p.stdout + p.stderr
 
 
 def main() -> None:

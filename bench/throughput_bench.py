@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--steps", type=int, default=8, help="steps per repetition (the first is not timed)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads per process (a job: cpus_per_worker)")
-    ap.add_argument("--stage", type=int, default=2)
+    ap.add_argument("--stage", type=lambda v: v if v == "auto" else int(v), default="auto",
+                    help="zero.stage of the lorafarm side: auto (the default a job gets: 0 on one worker) or 0-3")
     ap.add_argument("--no-scaling", action="store_true")
     ap.add_argument("--store", default=str(bl.BENCH / "out" / "store"))
     args = ap.parse_args(argv)
