@@ -326,13 +326,9 @@ class SchedulerCore:
                     outcome = ray.get(ref)
                 except Exception as e:  # noqa: BLE001 - the runner died (crash, OOM, killed)
                     outcome = {"state": "FAILED", "reason": f"runner died: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"}
-                    with self.lock:
-                        self._release(self.jobs[job_id])
                 self._finish(job_id, outcome)
             elif time.time() - self.last_progress.get(job_id, time.time()) > self.hang_timeout_s:
                 ray.kill(actor, no_restart=True)
-                with self.lock:
-                    self._release(self.jobs[job_id])
                 self._finish(job_id, {"state": "FAILED",
                                       "reason": f"no progress for {self.hang_timeout_s:.0f} s — the job hung and was stopped"})
 
@@ -341,10 +337,11 @@ class SchedulerCore:
             self.runners.pop(job_id, None)
             record = self.jobs[job_id]
             self.preempting.discard(job_id)
+            self.group_starts.pop(job_id, None)
+            self._release(record)  # however the run ended: its workers' resources free now
             if record.state.is_terminal():
                 return  # cancelled meanwhile: terminal states never change
             if outcome["state"] == "PREEMPTED":
-                record.placement_groups = []
                 record.last_checkpoint_step = outcome.get("step")
                 record.progress = {}
                 record.transition(JobState.QUEUED, EventKind.PREEMPTED,
@@ -355,7 +352,6 @@ class SchedulerCore:
                 self._log(job_id, f"preempted at step {outcome.get('step')}; re-queued")
                 self._persist(record)
                 return
-            record.placement_groups = []
             state = JobState(outcome["state"])
             record.reason = outcome.get("reason")
             record.adapter_uri = outcome.get("adapter_uri")

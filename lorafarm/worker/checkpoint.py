@@ -48,18 +48,26 @@ def checkpoints_uri(job_uri: str) -> str:
     return join(job_uri, "checkpoints")
 
 
-def list_checkpoints(job_uri: str) -> list[CheckpointRef]:
-    """Complete checkpoints of a job (marker present), oldest first."""
+def _step_dirs(job_uri: str) -> list[tuple[int, str, str]]:
+    """(step, name, path in its filesystem) of every ``step-N`` directory, complete or not."""
     fs, root = filesystem(checkpoints_uri(job_uri))
     try:
-        names = [p.rstrip("/").rsplit("/", 1)[-1] for p in fs.ls(root, detail=False)]
+        paths = fs.ls(root, detail=False)
     except FileNotFoundError:
         return []
     out = []
-    for name in names:
+    for path in paths:
+        name = path.rstrip("/").rsplit("/", 1)[-1]
         m = STEP_DIR.match(name)
-        if not m:
-            continue
+        if m:
+            out.append((int(m.group(1)), name, path.rstrip("/")))
+    return out
+
+
+def list_checkpoints(job_uri: str) -> list[CheckpointRef]:
+    """Complete checkpoints of a job (marker present), oldest first."""
+    out = []
+    for step, name, _ in _step_dirs(job_uri):
         uri = join(checkpoints_uri(job_uri), name)
         if not exists(join(uri, MARKER)):
             continue  # being written, or cut short (an unreachable store raises instead: never "no checkpoint")
@@ -68,7 +76,7 @@ def list_checkpoints(job_uri: str) -> list[CheckpointRef]:
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue
         if marker.get("format") == FORMAT:
-            out.append(CheckpointRef(uri=uri, step=int(m.group(1)), marker=marker))
+            out.append(CheckpointRef(uri=uri, step=step, marker=marker))
     return sorted(out, key=lambda c: c.step)
 
 
@@ -86,12 +94,10 @@ def prune(job_uri: str, keep_last: int) -> list[str]:
         return []
     newest = complete[-1].step
     keep = {c.step for c in complete[-keep_last:]}
-    fs, root = filesystem(checkpoints_uri(job_uri))
+    fs, _ = filesystem(checkpoints_uri(job_uri))
     removed = []
-    for path in fs.ls(root, detail=False):
-        name = path.rstrip("/").rsplit("/", 1)[-1]
-        m = STEP_DIR.match(name)
-        if not m or int(m.group(1)) in keep or int(m.group(1)) > newest:
+    for step, name, path in _step_dirs(job_uri):
+        if step in keep or step > newest:
             continue
         try:
             if fs.exists(f"{path}/{MARKER}"):

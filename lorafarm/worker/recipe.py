@@ -164,7 +164,7 @@ class LoraRecipe:
                 scale = (self.world * self.accum) / max(label_tokens, 1)
                 self.engine.backward(token_loss * scale)
                 if i == len(micros) - 1:  # before the update: one all-reduce tells every rank all it needs
-                    total_loss, step_tokens, stop = self._all_sum_many(
+                    total_loss, step_tokens, stop = self._all_sum(
                         [float(loss_sum), float(tokens), float(self.rank == 0 and self.stop_requested())])
                     loss = total_loss / max(label_tokens, 1)
                     if not math.isfinite(loss):
@@ -260,7 +260,8 @@ class LoraRecipe:
         if dist.is_available() and dist.is_initialized() and self.world > 1:
             dist.barrier()
 
-    def _all_sum_many(self, values: list[float]) -> list[float]:
+    def _all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise float64 sums over ranks, in one collective."""
         import torch.distributed as dist
 
         v = torch.tensor(values, dtype=torch.float64)
@@ -292,20 +293,13 @@ class LoraRecipe:
             logits.reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1), ignore_index=-100, reduction="sum"
         )
 
-    def _all_sum(self, value: torch.Tensor) -> float:
-        import torch.distributed as dist
-
-        v = value.detach().to(torch.float64).reshape(1).clone()
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.all_reduce(v)
-        return float(v.item())
-
     def _memory_totals(self, mine: dict[str, Any]) -> dict[str, Any]:
+        opt_bytes, opt_numel = self._all_sum([float(mine["optimizer_state_bytes"]), float(mine["optimizer_numel"])])
         return {
             "trainable_params": mine["trainable_params"],
             "total_params": mine["total_params"],
-            "optimizer_state_bytes": int(self._all_sum(torch.tensor(float(mine["optimizer_state_bytes"])))),
-            "optimizer_numel": int(self._all_sum(torch.tensor(float(mine["optimizer_numel"])))),
+            "optimizer_state_bytes": int(opt_bytes),
+            "optimizer_numel": int(opt_numel),
             "frozen_with_grad": mine["frozen_with_grad"],
         }
 
@@ -333,8 +327,8 @@ class LoraRecipe:
             loss_sum += self._token_loss_sum(inputs).double().cpu()
             count += int((inputs["labels"] != -100).sum())
         self.engine.train()
-        total = self._all_sum(torch.tensor(float(count)))
-        return self._all_sum(loss_sum) / max(total, 1.0)
+        total, loss = self._all_sum([float(count), float(loss_sum)])
+        return loss / max(total, 1.0)
 
     # ---------------------------------------------------------------- export
     def export(self) -> dict[str, Any] | None:
