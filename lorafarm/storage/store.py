@@ -19,13 +19,17 @@ import secrets
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from .retry import with_retries
 from .uri import filesystem, is_remote, join, normalize
 
+if TYPE_CHECKING:
+    from ..spec import JobSpec
+
 MANIFEST = "lorafarm.json"
+SPEC_FILE = "spec.yaml"
 NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,79}$")
 DEFAULT_STORE_ENV = "LORAFARM_STORE"
 
@@ -76,6 +80,14 @@ class Store:
 
     def adapter_uri(self, tenant: str, job_id: str) -> str:
         return join(self.job_uri(tenant, job_id), "adapter")
+
+    def write_spec(self, tenant: str, job_id: str, spec: JobSpec) -> str:
+        """``<job>/spec.yaml``: the validated spec as the job ran it (one writer: runs and submits alike)."""
+        from ..spec import dump_yaml
+
+        uri = join(self.job_uri(tenant, job_id), SPEC_FILE)
+        write_bytes(uri, dump_yaml(spec).encode())
+        return uri
 
     def cache_uri(self, tenant: str, *parts: str) -> str:
         return join(self.root, check_name("tenant", tenant), "_cache", *parts)
