@@ -1,13 +1,18 @@
-"""Shared fixtures: one local Ray cluster per session, a moto S3 server, tmp stores."""
+"""Shared fixtures: one local Ray cluster per session, real Ray heads running the scheduler, a
+moto S3 server. Plain helpers (ports, polling, spec builders, required tools) are in helpers.py."""
 
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from helpers import ROOT, write_small_chat_dataset
+from ray_head import RayHead
 
-ROOT = Path(__file__).resolve().parents[1]
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("LORAFARM_CACHE", str(ROOT / ".cache" / "lorafarm"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -23,6 +28,30 @@ def ray_session():
         ray.init(num_cpus=6, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def serve_cluster() -> Iterator[Callable[[str, int], RayHead]]:
+    """Start a real Ray head with `lorafarm serve` on it: ``serve_cluster(tenants_yaml, num_cpus)``
+    returns its ``RayHead`` with ``.store`` and ``.tmp`` (holding tenants.yaml and small.jsonl,
+    48 chat rows). Every head started is stopped when the module ends."""
+    heads: list[RayHead] = []
+
+    def start(tenants: str, num_cpus: int) -> RayHead:
+        tmp = Path(tempfile.mkdtemp(prefix="lfc", dir="/tmp"))  # short: Ray's socket paths have a length limit
+        head = RayHead(tmp, num_cpus=num_cpus)
+        heads.append(head)
+        head.store = str(tmp / "store")
+        (tmp / "tenants.yaml").write_text(tenants)
+        write_small_chat_dataset(tmp / "small.jsonl")
+        head.lorafarm("serve", "--store", head.store, "--tenants", str(tmp / "tenants.yaml"), "--reserve-cpus", "1",
+                      check=True, timeout=180)
+        return head
+
+    yield start
+    for head in heads:
+        head.stop()
+        shutil.rmtree(head.tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -9,30 +9,15 @@ from __future__ import annotations
 
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parents[1]
+from helpers import ROOT, free_port, wait_for
+
 BIN = Path(sys.executable).parent
-
-
-def free_port() -> int:
-    """A free port in 20000-32767: above Ray's worker ports, below the kernel's ephemeral range,
-    so that no other process is handed it between our check and Ray's bind."""
-    rng = random.Random()
-    while True:
-        port = rng.randrange(20000, 32768)
-        with socket.socket() as s:
-            try:
-                s.bind(("0.0.0.0", port))
-            except OSError:
-                continue
-        return port
 
 
 class RayHead:
@@ -125,13 +110,5 @@ class RayHead:
         self._log.close()
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate`` until it returns a truthy value; fail with ``what`` at the deadline."""
-    deadline = time.time() + timeout
-    last = None
-    while time.time() < deadline:
-        last = predicate()
-        if last:
-            return last
-        time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+# the name the scheduler tests import; one implementation, in helpers.py
+wait_until = wait_for

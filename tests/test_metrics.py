@@ -6,18 +6,17 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
+from helpers import require_binary
 from prometheus_client import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from lorafarm.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parents[1]
-PROMTOOL = shutil.which("promtool") or ("/usr/bin/promtool" if Path("/usr/bin/promtool").exists() else None)
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -134,9 +133,8 @@ def test_gpu_step_metrics_absent_on_cpu_and_present_on_cuda(monkeypatch):
 
 # ---------------------------------------------------------------- promtool
 def _promtool(*args: str) -> subprocess.CompletedProcess:
-    if PROMTOOL is None:
-        pytest.skip("promtool is not installed (Debian package `prometheus`; scripts/setup.sh installs it)")
-    return subprocess.run([PROMTOOL, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    promtool = require_binary("promtool", package="prometheus")
+    return subprocess.run([promtool, *args], capture_output=True, text=True, timeout=120, cwd=ROOT)
 
 
 def test_promtool_check_rules():

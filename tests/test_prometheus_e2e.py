@@ -18,11 +18,11 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from ray_head import BIN, ROOT, RayHead, free_port, wait_until
+from helpers import free_port, require_binary, wait_for
+from ray_head import BIN, ROOT, RayHead
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = shutil.which("prometheus") or ("/usr/bin/prometheus" if Path("/usr/bin/prometheus").exists() else None)
 STEPS = 4
 QUICK = ["--set", f"training.max_steps={STEPS}", "--set", "training.warmup_steps=1",
          "--set", "training.eval_every_steps=2", "--set", "resources.workers=1", "--set", "training.seq_len=64",
@@ -44,7 +44,7 @@ def _get_or_none(url: str) -> str | None:
 class Prometheus:
     """`prometheus` in its own process group, scraping 127.0.0.1:<target_port> every second."""
 
-    def __init__(self, tmp: Path, target_port: int):
+    def __init__(self, binary: str, tmp: Path, target_port: int):
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         config = tmp / "prometheus.yml"
@@ -56,11 +56,11 @@ class Prometheus:
         self._log = open(tmp / "prometheus.log", "w")  # noqa: SIM115 - closed in stop()
         self.log_path = tmp / "prometheus.log"
         self.proc = subprocess.Popen(
-            [PROMETHEUS, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
+            [binary, f"--config.file={config}", f"--storage.tsdb.path={tmp / 'tsdb'}",
              f"--web.listen-address=127.0.0.1:{self.port}", "--log.level=warn"],
             stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
         try:
-            wait_until(lambda: self.proc.poll() is None and _get_or_none(f"{self.url}/-/ready"), 60,
+            wait_for(lambda: self.proc.poll() is None and _get_or_none(f"{self.url}/-/ready"), 60,
                        f"prometheus to be ready (log: {self.log_path})")
         except BaseException:
             self.stop()
@@ -89,8 +89,7 @@ class Prometheus:
 
 @pytest.fixture(scope="module")
 def stack():
-    if PROMETHEUS is None:
-        pytest.skip("prometheus is not installed (Debian package `prometheus`; scripts/setup.sh installs it)")
+    prometheus = require_binary("prometheus", package="prometheus")
     tmp = Path(tempfile.mkdtemp(prefix="lfp", dir="/tmp"))  # short: Ray's socket paths have a length limit
     head = RayHead(tmp, num_cpus=4)
     prom = None
@@ -101,8 +100,8 @@ def stack():
                                     timeout=180)
         assert served["created"] is True
         head.metrics_url = f"http://127.0.0.1:{head.metrics_port}/metrics"
-        wait_until(lambda: _get_or_none(head.metrics_url), 60, "the scheduler's /metrics")
-        prom = Prometheus(tmp, head.metrics_port)
+        wait_for(lambda: _get_or_none(head.metrics_url), 60, "the scheduler's /metrics")
+        prom = Prometheus(prometheus, tmp, head.metrics_port)
         yield head, prom, tmp
     finally:
         if prom is not None:
@@ -122,7 +121,7 @@ def _job_ids_in(metrics_text: str, tenant: str) -> set[str]:
 def test_prometheus_scrapes_a_job_and_per_job_series_end_with_it(stack, tmp_path):
     head, prom, tmp = stack
     t0 = time.time()
-    wait_until(lambda: prom.value('up{job="lorafarm"}') == 1.0, 60, "prometheus's first scrape of lorafarm")
+    wait_for(lambda: prom.value('up{job="lorafarm"}') == 1.0, 60, "prometheus's first scrape of lorafarm")
 
     submit = subprocess.Popen([str(BIN / "lorafarm"), "submit", str(ROOT / "jobs/quickstart.yaml"), *QUICK, "--wait"],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT,
@@ -133,7 +132,7 @@ def test_prometheus_scrapes_a_job_and_per_job_series_end_with_it(stack, tmp_path
             ids = _job_ids_in(_get_or_none(head.metrics_url) or "", "demo")
             return ids or (submit.poll() is not None and {None})
 
-        running = wait_until(training_or_exited, 420, "the job's lorafarm_train_loss series on /metrics",
+        running = wait_for(training_or_exited, 420, "the job's lorafarm_train_loss series on /metrics",
                              interval=0.25)
         job_id = next(iter(running))
         assert job_id is not None, "`lorafarm submit --wait` ended before the job's series showed on /metrics: " + (
@@ -161,7 +160,7 @@ def test_prometheus_scrapes_a_job_and_per_job_series_end_with_it(stack, tmp_path
         done = prom.value('lorafarm_jobs_finished_total{tenant="demo",outcome="succeeded"}')
         return (tokens, done) if tokens and tokens > 0 and done and done >= 1 else None
 
-    tokens, _ = wait_until(counted, 60, "prometheus to hold the job's tokens and its success", interval=1.0)
+    tokens, _ = wait_for(counted, 60, "prometheus to hold the job's tokens and its success", interval=1.0)
     assert tokens >= STEPS * 4  # at least one token per sequence per step
     # the per-job label arrives as job_id beside Prometheus's own job="lorafarm"
     seen = prom.query(f'max_over_time(lorafarm_train_loss{{job_id="{job_id}"}}[10m])')
@@ -171,7 +170,7 @@ def test_prometheus_scrapes_a_job_and_per_job_series_end_with_it(stack, tmp_path
     text = _get(head.metrics_url)
     assert f'job_id="{job_id}"' not in text
     assert 'lorafarm_train_tokens_total{tenant="demo"}' in text
-    wait_until(lambda: prom.query(f'lorafarm_train_loss{{job_id="{job_id}"}}') == [], 30,
+    wait_for(lambda: prom.query(f'lorafarm_train_loss{{job_id="{job_id}"}}') == [], 30,
                "prometheus to mark the ended job's loss series stale")
 
     # the recorded history, plotted from the store alone (no scheduler involved)
