@@ -1,4 +1,5 @@
-"""The job spec: schema, YAML loading with ``--set`` overrides, every problem at once.
+"""The job spec and the tenants file: schemas, YAML loading (``--set`` overrides for a spec),
+every problem at once, worded by one translator (:mod:`.errors`).
 
 Importable without torch or Ray.
 """
@@ -16,6 +17,7 @@ from .load import (
     validate_spec,
 )
 from .model import NAME_PATTERN, DatasetSpec, JobSpec, LoraSpec, ResourcesSpec, TrainingSpec, ZeroSpec
+from .tenants import TenantsConfig, TenantsError, load_tenants, validate_tenants
 
 __all__ = [
     "NAME_PATTERN",
@@ -23,6 +25,8 @@ __all__ = [
     "JobSpec",
     "LoraSpec",
     "ResourcesSpec",
+    "TenantsConfig",
+    "TenantsError",
     "TrainingSpec",
     "ZeroSpec",
     "apply_overrides",
@@ -30,9 +34,11 @@ __all__ = [
     "json_schema",
     "load_raw",
     "load_spec",
+    "load_tenants",
     "parse_overrides",
     "parse_yaml",
     "resume_digest",
     "spec_digest",
     "validate_spec",
+    "validate_tenants",
 ]

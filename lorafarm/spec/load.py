@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from pathlib import Path
@@ -14,7 +13,20 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
 from .checks import RULES
-from .model import NAME_RULE, SECTIONS, JobSpec
+from .errors import Wording, dedupe, translate, yaml_position
+from .model import SECTIONS, JobSpec
+
+SPEC_WORDING = Wording(
+    root=JobSpec,
+    document="spec",
+    fallback="see `lorafarm schema` for the field's type",
+    missing_fix="add it (see `lorafarm schema`)",
+    section="a section of fields",
+    section_fix="write it as a mapping (see `lorafarm schema`)",
+    number_example="0.1",
+    list_example="[q_proj, v_proj]",
+    skip_loc=frozenset({"list[str]", "literal['all-linear']", "str", "int", "float", "bool"}),
+)
 
 
 def parse_overrides(pairs: list[str] | None) -> list[tuple[str, Any]]:
@@ -74,10 +86,8 @@ def parse_yaml(text: str, where: str = "spec") -> dict[str, Any]:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError([f"{where}: YAML syntax error{at} ({problem}) — fix the YAML"]) from None
+        raise SpecError([f"{where}: YAML syntax error{yaml_position(e)} ({problem}) — fix the YAML"]) from None
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
@@ -97,10 +107,10 @@ def validate_spec(raw: dict[str, Any]) -> JobSpec:
     try:
         spec = JobSpec.model_validate(raw)
     except ValidationError as e:
-        problems.extend(_describe(err, raw) for err in e.errors())
+        problems.extend(translate(e, SPEC_WORDING))
     problems.extend(_cross_problems(raw, spec))
     if problems:
-        raise SpecError(_dedupe(problems))
+        raise SpecError(dedupe(problems))
     assert spec is not None
     return spec
 
@@ -143,7 +153,7 @@ def json_schema() -> dict[str, Any]:
     return JobSpec.model_json_schema()
 
 
-# -- error messages -------------------------------------------------------------------------
+# -- rules across sections ------------------------------------------------------------------
 
 
 def _cross_problems(raw: dict[str, Any], spec: JobSpec | None) -> list[str]:
@@ -162,73 +172,3 @@ def _cross_problems(raw: dict[str, Any], spec: JobSpec | None) -> list[str]:
         if all(n in sections for n in needs):
             out.extend(rule(*(sections[n] for n in needs)))
     return out
-
-
-def _path(loc: tuple) -> str:
-    parts = []
-    for p in loc:
-        if isinstance(p, int):
-            parts.append(f"[{p}]")
-        elif p in ("list[str]", "literal['all-linear']", "str", "int", "float", "bool"):
-            continue  # union branch names pydantic puts in loc
-        else:
-            parts.append(("." if parts else "") + str(p))
-    return "".join(parts) or "spec"
-
-
-def _siblings(loc: tuple) -> list[str]:
-    model: type[BaseModel] = JobSpec
-    for p in loc[:-1]:
-        field = model.model_fields.get(str(p))
-        ann = getattr(field, "annotation", None) if field else None
-        if isinstance(ann, type) and issubclass(ann, BaseModel):
-            model = ann
-        else:
-            return []
-    return list(model.model_fields)
-
-
-def _describe(err: dict[str, Any], raw: dict[str, Any]) -> str:
-    loc = tuple(err["loc"])
-    path = _path(loc)
-    kind = err["type"]
-    ctx = err.get("ctx") or {}
-    got = err.get("input")
-    if kind == "extra_forbidden":
-        names = _siblings(loc)
-        close = difflib.get_close_matches(str(loc[-1]), names, n=1, cutoff=0.6)
-        hint = f"did you mean `{close[0]}`?" if close else f"known fields here: {', '.join(names)}"
-        return f"{path}: unknown field — {hint} (remove or rename it)"
-    if kind == "missing":
-        return f"{path}: required field is missing — add it (see `lorafarm schema`)"
-    if kind == "literal_error":
-        choices = ctx.get("expected", "")
-        return f"{path}: {got!r} is not allowed — use one of {choices}"
-    if kind == "string_pattern_mismatch":
-        return f"{path}: {got!r} is not a valid name — use {NAME_RULE}"
-    if kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
-        bound = {"greater_than": "> ", "greater_than_equal": ">= ", "less_than": "< ", "less_than_equal": "<= "}[kind]
-        limit = next(iter(ctx.values()), "")
-        return f"{path}: {got!r} is out of range — use a value {bound}{limit}"
-    if kind in ("string_too_short",):
-        return f"{path}: must not be empty — give a value"
-    if kind in ("model_type", "dict_type"):
-        return f"{path}: expected a section of fields, got {type(got).__name__} {got!r} — write it as a mapping (see `lorafarm schema`)"
-    if kind in ("int_parsing", "int_type", "int_from_float"):
-        return f"{path}: {got!r} is not an integer — write a whole number"
-    if kind in ("float_parsing", "float_type"):
-        return f"{path}: {got!r} is not a number — write a number such as 0.1"
-    if kind in ("bool_parsing", "bool_type"):
-        return f"{path}: {got!r} is not true/false — write true or false"
-    if kind in ("string_type",):
-        return f"{path}: expected text, got {type(got).__name__} {got!r} — quote the value"
-    if kind in ("list_type",):
-        return f"{path}: expected a list, got {got!r} — write a YAML list such as [q_proj, v_proj]"
-    return f"{path}: {err['msg']} — see `lorafarm schema` for the field's type"
-
-
-def _dedupe(lines: list[str]) -> list[str]:
-    seen: dict[str, None] = {}
-    for line in lines:
-        seen.setdefault(line, None)
-    return list(seen)

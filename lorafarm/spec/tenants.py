@@ -1,0 +1,238 @@
+"""The tenants file's schema and loader: quotas, fair-share weights, priority classes and
+per-tenant trust, every problem reported at once as ``field.path: what is wrong — how to fix``.
+
+The format is documented, with an example of every field, in :mod:`lorafarm.tenants` (the
+file users and the Helm chart are pointed at). Importable without Ray or torch: the pure
+``policy``, the simulator and the CLI read it too.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+
+from ..errors import SpecError
+from .errors import Wording, dedupe, translate, yaml_position
+from .model import NAME_PATTERN
+
+FORMAT_DOC = "lorafarm/tenants.py"  # the file's documented format, with an example of every field
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+DEFAULT_ENTRY = "default"
+
+
+class TenantsError(SpecError):
+    """The tenants file is wrong; ``problems`` lists every problem, one line each."""
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Quota(_Strict):
+    """Limits on one tenant's running jobs together (absent = no limit)."""
+
+    workers: int | None = Field(None, ge=0, description="Most workers running at once.")
+    gpus: float | None = Field(None, ge=0, description="Most GPUs held at once (workers × gpus_per_worker).")
+    cpus: float | None = Field(None, ge=0, description="Most CPUs held at once (workers × cpus_per_worker).")
+    max_queued: int | None = Field(None, ge=0, description="Most jobs waiting in the queue; more are refused.")
+
+
+class Guarantee(_Strict):
+    """What preemption never takes a tenant below (absent = nothing guaranteed)."""
+
+    workers: int | None = Field(None, ge=0, description="Workers this tenant keeps running when preempted.")
+    gpus: float | None = Field(None, ge=0, description="GPUs this tenant keeps when preempted.")
+    cpus: float | None = Field(None, ge=0, description="CPUs this tenant keeps when preempted.")
+
+
+class Tenant(_Strict):
+    weight: float = Field(1.0, gt=0, description="Fair-share weight: twice the weight, twice the dominant share.")
+    quota: Quota = Field(default_factory=Quota)
+    guaranteed: Guarantee = Field(default_factory=Guarantee)
+    priorities: list[Name] | None = Field(None, description="Priority classes this tenant may use (absent = all).")
+    default_priority: Name | None = Field(None, description="Class of a job that names none (absent = the file's).")
+    allow_trust_remote_code: bool = Field(False, description="Let this tenant's jobs run a base model's own code.")
+
+
+class PolicySettings(_Strict):
+    aging_per_hour: float = Field(
+        100.0, ge=0, description="Priority points a queued job gains per hour of waiting (0 = no aging)."
+    )
+    backfill: bool = Field(True, description="Start smaller jobs around a blocked head job, never delaying it.")
+    preemption: bool = Field(False, description="A blocked job may stop running jobs of a lower class.")
+
+
+class TenantsConfig(_Strict):
+    """The whole tenants file, plus the look-ups the scheduler and policy need."""
+
+    priority_classes: dict[Name, int] = Field(
+        default_factory=lambda: {"low": 0, "normal": 100, "high": 1000},
+        description="Priority class name -> integer value; higher values are served first.",
+    )
+    default_priority: Name = Field("normal", description="Class of a job that names none.")
+    unknown_tenants: Literal["default", "reject"] = Field(
+        "default", description="default: tenants not listed use `tenants.default`; reject: refuse their jobs."
+    )
+    policy: PolicySettings = Field(default_factory=PolicySettings)
+    tenants: dict[Name, Tenant] = Field(default_factory=dict)
+
+    # -- look-ups (a tenant not listed gets the `default` entry, or a built-in unlimited one) --
+    def for_tenant(self, name: str) -> Tenant | None:
+        """The entry that applies to ``name``, or None when unknown tenants are rejected."""
+        if name in self.tenants and name != DEFAULT_ENTRY:
+            return self.tenants[name]
+        if self.unknown_tenants == "reject":
+            return None
+        return self.tenants.get(DEFAULT_ENTRY, _UNLIMITED)
+
+    def entry_path(self, name: str) -> str:
+        """Where ``name``'s settings live in the file, for messages."""
+        listed = name in self.tenants and name != DEFAULT_ENTRY
+        return f"tenants.{name}" if listed else f"tenants.{DEFAULT_ENTRY}"
+
+    def tenant_names(self) -> list[str]:
+        return sorted(n for n in self.tenants if n != DEFAULT_ENTRY)
+
+    def _entry(self, name: str) -> Tenant:
+        return self.for_tenant(name) or _UNLIMITED
+
+    def weight(self, name: str) -> float:
+        return self._entry(name).weight
+
+    def quota(self, name: str) -> Quota:
+        return self._entry(name).quota
+
+    def quota_dict(self, name: str) -> dict[str, float | int | None]:
+        return self._entry(name).quota.model_dump()
+
+    def guaranteed(self, name: str) -> Guarantee:
+        return self._entry(name).guaranteed
+
+    def max_queued(self, name: str) -> int | None:
+        return self._entry(name).quota.max_queued
+
+    def allows_remote_code(self, name: str) -> bool:
+        entry = self.for_tenant(name)
+        return bool(entry and entry.allow_trust_remote_code)
+
+    def allowed_priorities(self, name: str) -> frozenset[str]:
+        allowed = self._entry(name).priorities
+        return frozenset(self.priority_classes if allowed is None else allowed)
+
+    def default_priority_for(self, name: str) -> str:
+        return self._entry(name).default_priority or self.default_priority
+
+    def priority_value(self, priority: str) -> int:
+        """A class's value; a class no longer in the file counts as the default class."""
+        value = self.priority_classes.get(priority)
+        return self.priority_classes.get(self.default_priority, 0) if value is None else value
+
+
+_UNLIMITED = Tenant()
+
+TENANTS_WORDING = Wording(
+    root=TenantsConfig,
+    document="tenants file",
+    fallback=f"see the example in {FORMAT_DOC}",
+    missing_fix=f"add it (see the example in {FORMAT_DOC})",
+    section="a mapping of fields",
+    section_fix="write it as a mapping",
+    number_example="2",
+    list_example="[low, normal]",
+    key_names={"tenants": "tenant name"},
+)
+
+
+def load_tenants(source: str | Path | None) -> TenantsConfig:
+    """Read and validate a tenants file; raise :class:`TenantsError` with every problem.
+
+    ``source`` is a :class:`Path`, a ``str`` path ending in .yaml/.yml/.json, or YAML text;
+    None gives the built-in config (three classes, every tenant unlimited, weight 1).
+    """
+    if source is None:
+        return TenantsConfig()
+    where = "tenants file"
+    if isinstance(source, Path) or (source.endswith((".yaml", ".yml", ".json")) and "\n" not in source):
+        where = str(source)
+        try:
+            text = Path(source).read_text()
+        except OSError as e:
+            raise TenantsError([f"{where}: cannot read the tenants file ({e.strerror}) — check the path"]) from None
+    else:
+        text = source
+    return validate_tenants(_parse(text, where))
+
+
+def validate_tenants(raw: dict[str, Any]) -> TenantsConfig:
+    """Validate an already-parsed tenants mapping (every problem at once)."""
+    problems: list[str] = []
+    config: TenantsConfig | None = None
+    try:
+        config = TenantsConfig.model_validate(raw)
+    except ValidationError as e:
+        problems.extend(translate(e, TENANTS_WORDING))
+    problems.extend(_cross_problems(raw))
+    if problems:
+        raise TenantsError(dedupe(problems))
+    assert config is not None
+    return config
+
+
+def _parse(text: str, where: str) -> dict[str, Any]:
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise TenantsError([f"{where}: YAML syntax error{yaml_position(e)} — fix the YAML"]) from None
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise TenantsError([f"{where}: must be a YAML mapping (priority_classes, tenants, ...), "
+                            f"got {type(raw).__name__} — see the example in {FORMAT_DOC}"])
+    return raw
+
+
+# -- rules across fields: they read the raw mapping so that they run even when a field is bad --
+
+
+def _cross_problems(raw: dict[str, Any]) -> list[str]:
+    classes = raw.get("priority_classes", TenantsConfig.model_fields["priority_classes"].default_factory())
+    names = sorted(classes) if isinstance(classes, dict) else []
+    out = []
+    if isinstance(classes, dict) and not classes:
+        out.append("priority_classes: is empty — name at least one class, e.g. {normal: 100}")
+    default = raw.get("default_priority", "normal")
+    if names and isinstance(default, str) and default not in classes:
+        out.append(f"default_priority: {default!r} is not a priority class — use one of {', '.join(names)}")
+    tenants = raw.get("tenants") or {}
+    if not isinstance(tenants, dict):
+        return out
+    if raw.get("unknown_tenants", "default") == "default" and DEFAULT_ENTRY not in tenants:
+        out.append("tenants.default: missing — add a `default` entry (used for tenants not listed), "
+                   "or set unknown_tenants: reject")
+    for tenant, entry in tenants.items():
+        if isinstance(entry, dict) and names:
+            out.extend(_tenant_problems(f"tenants.{tenant}", entry, classes, default))
+    return out
+
+
+def _tenant_problems(path: str, entry: dict[str, Any], classes: dict, default: Any) -> list[str]:
+    out = []
+    allowed = entry.get("priorities")
+    if isinstance(allowed, list):
+        for i, name in enumerate(allowed):
+            if isinstance(name, str) and name not in classes:
+                out.append(f"{path}.priorities[{i}]: {name!r} is not a priority class — use one of "
+                           f"{', '.join(sorted(classes))}")
+    own = entry.get("default_priority")
+    if isinstance(own, str) and own not in classes:
+        out.append(f"{path}.default_priority: {own!r} is not a priority class — use one of "
+                   f"{', '.join(sorted(classes))}")
+    effective = own if own is not None else default
+    if isinstance(allowed, list) and isinstance(effective, str) and effective in classes and effective not in allowed:
+        source = "" if own is not None else " (the file's default_priority)"
+        out.append(f"{path}.default_priority: {effective!r}{source} is not in {path}.priorities — set "
+                   f"{path}.default_priority to one of {', '.join(map(str, allowed)) or 'them'}, or allow it")
+    return out
