@@ -8,6 +8,7 @@ from collections.abc import Mapping
 
 from ..tenants import TenantsConfig
 from .pool import EPS, per_node
+from .quota import Usage
 from .types import ClusterState, JobRequest, RunningJob
 
 FIX = "use fewer workers or less per worker, or ask the operator to raise the limit"
@@ -36,16 +37,11 @@ def _quota_reasons(job: JobRequest | RunningJob, tenants: TenantsConfig) -> list
         return []  # unknown tenants are refused by name, not by size
     where = tenants.entry_path(job.tenant)
     note = "" if where == f"tenants.{job.tenant}" else ", the entry for tenants not listed"
-    q, out = entry.quota, []
-    for field, need, limit, text in (
-        ("workers", job.workers, q.workers, f"{job.workers} workers"),
-        ("gpus", job.workers * job.gpus_per_worker, q.gpus, _need(job, job.gpus_per_worker, "GPUs")),
-        ("cpus", job.workers * job.cpus_per_worker, q.cpus, _need(job, job.cpus_per_worker, "CPUs")),
-    ):
-        if limit is not None and need > limit + EPS:
-            out.append(f"needs {text} but tenant {job.tenant!r} quota allows {limit:g} "
-                       f"(tenants file: {where}.quota.{field}{note})")
-    return out
+    text = {"workers": f"{job.workers} workers", "gpus": _need(job, job.gpus_per_worker, "GPUs"),
+            "cpus": _need(job, job.cpus_per_worker, "CPUs")}
+    return [f"needs {text[field]} but tenant {job.tenant!r} quota allows {getattr(entry.quota, field):g} "
+            f"(tenants file: {where}.quota.{field}{note})"
+            for field in Usage().over(entry.quota, job.workers, job.cpus, job.gpus)]
 
 
 def _cluster_reasons(job: JobRequest | RunningJob, capacity: ClusterState | Mapping[str, float]) -> list[str]:

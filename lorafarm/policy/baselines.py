@@ -20,8 +20,9 @@ from collections.abc import Callable, Sequence
 
 from ..tenants import TenantsConfig
 from .admit import check_admissible
-from .decide import _Usage, decide, usage_by_tenant, within_quota
+from .decide import decide
 from .pool import Pool
+from .quota import Usage, usage_by_tenant, within_quota
 from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
 
 Policy = Callable[[Sequence[JobRequest], Sequence[RunningJob], ClusterState, TenantsConfig, float], Decision]
@@ -38,7 +39,7 @@ def _in_order(ordered: Sequence[JobRequest], running: Sequence[RunningJob], clus
     considered = 0
     for job in ordered:
         considered += 1
-        u = usage.setdefault(job.tenant, _Usage())
+        u = usage.setdefault(job.tenant, Usage())
         if not within_quota(job, u, tenants):
             continue
         placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)

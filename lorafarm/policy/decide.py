@@ -33,31 +33,10 @@ from dataclasses import dataclass, field
 from ..tenants import TenantsConfig
 from .admit import check_admissible
 from .pool import EPS, Pool
+from .quota import Usage, usage_by_tenant, within_quota
 from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
 
 HOUR = 3600.0
-
-
-@dataclass(slots=True)
-class _Usage:
-    """What one tenant holds, updated as jobs start within a call."""
-
-    workers: int = 0
-    cpus: float = 0.0
-    gpus: float = 0.0
-
-    def add(self, job: JobRequest | RunningJob) -> None:
-        self.workers += job.workers
-        self.cpus += job.cpus
-        self.gpus += job.gpus
-
-
-def usage_by_tenant(running: Sequence[RunningJob]) -> dict[str, _Usage]:
-    """What each tenant holds now, from its running jobs."""
-    usage: dict[str, _Usage] = {}
-    for job in running:
-        usage.setdefault(job.tenant, _Usage()).add(job)
-    return usage
 
 
 @dataclass(slots=True)
@@ -68,27 +47,29 @@ class _TenantQueue:
     weight: float = 1.0
 
 
+def ranks(jobs: Sequence[JobRequest | RunningJob], tenants: TenantsConfig, now: float) -> list[float]:
+    """:func:`rank` of every job in ``jobs``, in one pass (``decide`` ranks the whole queue on
+    every call, so the look-ups are made once, not per job)."""
+    classes = tenants.priority_classes
+    fallback = tenants.priority_value(tenants.default_priority)
+    aging = tenants.policy.aging_per_hour
+    return [classes.get(j.priority, fallback) + (aging * (waited // HOUR) if waited >= HOUR else 0.0)
+            for j in jobs for waited in (now - j.submitted_at,)]
+
+
 def rank(job: JobRequest | RunningJob, tenants: TenantsConfig, now: float) -> float:
     """The job's aged priority: class value plus aging points per whole hour waited (``decide``
     rounds it down to a class value, the job's band)."""
-    waited_hours = max(0.0, now - job.submitted_at) // HOUR
-    return tenants.priority_value(job.priority) + tenants.policy.aging_per_hour * waited_hours
+    return ranks((job,), tenants, now)[0]
 
 
-def dominant_share(usage: _Usage, cluster: ClusterState, weight: float) -> float:
+def dominant_share(usage: Usage | None, cluster: ClusterState, weight: float) -> float:
     """Weighted DRF share: the larger of the CPU and GPU fractions held, over the weight."""
+    if usage is None:
+        return 0.0
     cpu = usage.cpus / cluster.total_cpus if cluster.total_cpus > 0 else 0.0
     gpu = usage.gpus / cluster.total_gpus if cluster.total_gpus > 0 else 0.0
     return max(cpu, gpu) / weight
-
-
-def within_quota(job: JobRequest, usage: _Usage, tenants: TenantsConfig) -> bool:
-    quota = tenants.quota(job.tenant)
-    return not (
-        (quota.workers is not None and usage.workers + job.workers > quota.workers)
-        or (quota.gpus is not None and usage.gpus + job.gpus > quota.gpus + EPS)
-        or (quota.cpus is not None and usage.cpus + job.cpus > quota.cpus + EPS)
-    )
 
 
 def decide(
@@ -102,49 +83,32 @@ def decide(
     usage = usage_by_tenant(running)
 
     # rank every queued job (the one O(n) pass) into its tenant's list, then sort each list
-    classes = tenants.priority_classes
-    levels = sorted(set(classes.values()))
+    levels = sorted(set(tenants.priority_classes.values()))
     top = levels[-1]
-    fallback = tenants.priority_value(tenants.default_priority)
-    aging = tenants.policy.aging_per_hour
+    band_of: dict[float, float] = {level: level for level in levels}  # rank -> band, filled as ranks appear
     queues: dict[str, _TenantQueue] = {}
-    min_cpus = min_gpus = math.inf
     shapes: set[tuple[int, float, float]] = set()
-    for job in queued:
-        value = classes.get(job.priority, fallback)
-        if aging:
-            waited = now - job.submitted_at
-            if waited >= HOUR:
-                value = levels[bisect.bisect_right(levels, value + aging * (waited // HOUR)) - 1]
+    for job, value in zip(queued, ranks(queued, tenants, now), strict=True):
+        band = band_of.get(value)
+        if band is None:  # aged between two classes: its band is the class below
+            band = band_of[value] = levels[bisect.bisect_right(levels, value) - 1]
         q = queues.get(job.tenant)
         if q is None:
             q = queues[job.tenant] = _TenantQueue(job.tenant)
         est = job.estimated_duration
-        if est is None or value == top:
+        if est is None or band == top:
             est = math.inf  # the top band is served in submission order, so nothing starves there
-        q.jobs.append((-value, est, job.submitted_at, job.job_id, len(q.jobs), job))
+        q.jobs.append((-band, est, job.submitted_at, job.job_id, len(q.jobs), job))
         shapes.add((job.workers, job.cpus_per_worker, job.gpus_per_worker))
-        cpus, gpus = job.workers * job.cpus_per_worker, job.workers * job.gpus_per_worker
-        if cpus < min_cpus:
-            min_cpus = cpus
-        if gpus < min_gpus:
-            min_gpus = gpus
+    min_cpus = min((w * c for w, c, _ in shapes), default=math.inf)  # the smallest gang of each resource
+    min_gpus = min((w * g for w, _, g in shapes), default=math.inf)
     for q in queues.values():
         heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
         q.weight = tenants.weight(q.name)
 
-    total_cpus, total_gpus = cluster.total_cpus, cluster.total_gpus
-
     def key(q: _TenantQueue) -> tuple:
         neg_band, _, submitted, job_id, _, _ = q.jobs[0]
-        u = usage.get(q.name)
-        if u is None:
-            share = 0.0
-        else:
-            cpu = u.cpus / total_cpus if total_cpus > 0 else 0.0
-            gpu = u.gpus / total_gpus if total_gpus > 0 else 0.0
-            share = max(cpu, gpu) / q.weight
-        return (neg_band, share, submitted, job_id, q.name)
+        return (neg_band, dominant_share(usage.get(q.name), cluster, q.weight), submitted, job_id, q.name)
 
     heap = [(key(q), q.name) for q in queues.values()]
     heapq.heapify(heap)
@@ -167,7 +131,7 @@ def decide(
         considered += 1
         u = usage.get(name)
         if u is None:
-            u = usage[name] = _Usage()
+            u = usage[name] = Usage()
         if within_quota(job, u, tenants):
             placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)
             if placement is not None:
@@ -215,8 +179,7 @@ def choose_victims(
     for victim in candidates:
         if not _keeps_guarantee(usage[victim.tenant], victim, tenants.guaranteed(victim.tenant)):
             continue
-        u = usage[victim.tenant]
-        u.workers, u.cpus, u.gpus = u.workers - victim.workers, u.cpus - victim.cpus, u.gpus - victim.gpus
+        usage[victim.tenant].add(victim, sign=-1)
         pool.take(victim.workers, victim.cpus_per_worker, victim.gpus_per_worker, victim.placement, sign=-1.0)
         chosen.append(victim.job_id)
         if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
@@ -224,7 +187,7 @@ def choose_victims(
     return ()
 
 
-def _keeps_guarantee(u: _Usage, victim: RunningJob, g) -> bool:
+def _keeps_guarantee(u: Usage, victim: RunningJob, g) -> bool:
     """Whether the tenant still holds its guaranteed resources after ``victim`` stops."""
     return ((g.workers is None or u.workers - victim.workers >= g.workers)
             and (g.cpus is None or u.cpus - victim.cpus >= g.cpus - EPS)

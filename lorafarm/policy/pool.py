@@ -42,14 +42,6 @@ class Pool:
         self.cap_gpus = [n.total_gpus for n in nodes or ()]
         self.failed: set[tuple[int, float, float]] = set()  # shapes that did not fit (free only shrinks)
 
-    def copy(self) -> Pool:
-        new = object.__new__(Pool)
-        new.cpus, new.gpus, new.names, new.index = self.cpus, self.gpus, self.names, self.index
-        new.node_cpus, new.node_gpus = list(self.node_cpus), list(self.node_gpus)
-        new.cap_cpus, new.cap_gpus = self.cap_cpus, self.cap_gpus
-        new.failed = set(self.failed)
-        return new
-
     def place(self, workers: int, cpus: float, gpus: float) -> Placement | None:
         """Where the gang would go (``()`` without node data), or None if it does not fit now."""
         shape = (workers, cpus, gpus)
@@ -106,6 +98,3 @@ class Pool:
         self.cpus = min(self.cpus, sum(self.node_cpus))
         self.gpus = min(self.gpus, sum(self.node_gpus))
 
-    def could_fit(self, cpus: float, gpus: float) -> bool:
-        """Cheap necessary test: do the totals cover (cpus, gpus)?"""
-        return cpus <= self.cpus + EPS and gpus <= self.gpus + EPS
