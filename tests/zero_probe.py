@@ -28,9 +28,9 @@ def main() -> None:
     })
     model = apply_lora(load_base(resolve_base("tiny-llama")), spec.lora, seed=0)
     lora_ids = {id(p) for n, p in model.named_parameters() if "lora_" in n}
-    engine, _, _ = build_engine(model, spec, world, 2)
+    engine, _ = build_engine(model, spec, world, 2)
     ids = torch.randint(4, 200, (1, 16), generator=torch.Generator().manual_seed(rank))
-    for _ in range(spec.grad_accum_steps(world)):
+    for _ in range(engine.gradient_accumulation_steps()):
         loss = engine(input_ids=ids, labels=ids).loss
         engine.backward(loss)
         engine.step()

@@ -3,8 +3,6 @@ MFU on GPU)."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from rich.console import Console
 from rich.progress import (
     BarColumn,
@@ -15,9 +13,11 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
+from ..events import CheckpointSaved, DataReady, Event, Phase, Resumed, Step, WorkerError
+
 
 class JobProgress:
-    """Context manager; call it with each event. Quiet when ``enabled`` is false (``--json``)."""
+    """Context manager; call it with each :mod:`lorafarm.events` object. Quiet when ``enabled`` is false (``--json``)."""
 
     def __init__(self, console: Console, enabled: bool = True):
         self.console = console
@@ -46,41 +46,40 @@ class JobProgress:
     def __exit__(self, *exc) -> None:
         self.progress.__exit__(*exc)
 
-    def __call__(self, event: dict[str, Any]) -> None:
+    def __call__(self, event: Event) -> None:
         if not self.enabled:
             return
-        kind = event.get("kind")
-        if kind == "phase":
-            self.console.log(event["phase"])
-        elif kind == "data":
-            s = event["stats"]
-            hit = " (tokenization cache hit)" if event.get("cache_hit") else ""
-            self.console.log(
-                f"data: {s.get('examples')} examples, {s.get('tokens')} tokens, {s.get('rows')} rows{hit}"
-            )
-        elif kind == "step":
-            if self.task is None:
-                self.task = self.progress.add_task("train", total=event["total_steps"], loss="-", eval="-", tps="-",
-                                                   gpu="")
-            fields = {"loss": f"{event['loss']:.4f}", "tps": f"{event['tokens_per_s']:,.0f}", "gpu": _gpu(event)}
-            if "eval_loss" in event:
-                fields["eval"] = f"{event['eval_loss']:.4f}"
-            self.progress.update(self.task, completed=event["step"], **fields)
-        elif kind == "error":
-            retry = " — restarting the workers from the latest checkpoint" if event.get("retryable") else ""
-            self.console.log(f"[red]worker error: {event['reason']}{retry}")
-        elif kind == "checkpoint":
-            self.console.log(f"checkpoint at step {event['step']} ({event['bytes']:,} B, {event['seconds']:.2f} s)")
-        elif kind == "resumed":
-            self.console.log(f"resumed from checkpoint step {event['step']} on {event.get('world_size')} worker(s)")
-            if self.task is not None:
-                self.progress.update(self.task, completed=event["step"])
+        match event:
+            case Phase():
+                self.console.log(event.phase)
+            case DataReady(stats=s):
+                hit = " (tokenization cache hit)" if event.cache_hit else ""
+                self.console.log(
+                    f"data: {s.get('examples')} examples, {s.get('tokens')} tokens, {s.get('rows')} rows{hit}"
+                )
+            case Step():
+                if self.task is None:
+                    self.task = self.progress.add_task("train", total=event.total_steps, loss="-", eval="-",
+                                                       tps="-", gpu="")
+                fields = {"loss": f"{event.loss:.4f}", "tps": f"{event.tokens_per_s:,.0f}", "gpu": _gpu(event)}
+                if event.eval_loss is not None:
+                    fields["eval"] = f"{event.eval_loss:.4f}"
+                self.progress.update(self.task, completed=event.step, **fields)
+            case WorkerError():
+                retry = " — restarting the workers from the latest checkpoint" if event.retryable else ""
+                self.console.log(f"[red]worker error: {event.reason}{retry}")
+            case CheckpointSaved():
+                self.console.log(f"checkpoint at step {event.step} ({event.bytes:,} B, {event.seconds:.2f} s)")
+            case Resumed():
+                self.console.log(f"resumed from checkpoint step {event.step} on {event.world_size} worker(s)")
+                if self.task is not None:
+                    self.progress.update(self.task, completed=event.step)
 
 
-def _gpu(event: dict[str, Any]) -> str:
+def _gpu(step: Step) -> str:
     parts = []
-    if event.get("gpu_memory_bytes") is not None:
-        parts.append(f"{event['gpu_memory_bytes'] / 2**30:.1f} GiB")
-    if event.get("mfu") is not None:
-        parts.append(f"MFU {event['mfu']:.0%}")
+    if step.gpu_memory_bytes is not None:
+        parts.append(f"{step.gpu_memory_bytes / 2**30:.1f} GiB")
+    if step.mfu is not None:
+        parts.append(f"MFU {step.mfu:.0%}")
     return " ".join(parts)

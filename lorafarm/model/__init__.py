@@ -1,7 +1,7 @@
 """Base models (built-in, local, s3://, local HF cache) and LoRA through PEFT."""
 
 from .load import cache_root, load_base, load_tokenizer, resolve_base, weights_digest
-from .lora import apply_lora, linear_module_names, lora_config, missing_targets, trainable_names
+from .lora import apply_lora, linear_module_names, lora_config, missing_targets
 from .tiny import TINY_NAME
 
 __all__ = [
@@ -14,6 +14,5 @@ __all__ = [
     "lora_config",
     "missing_targets",
     "resolve_base",
-    "trainable_names",
     "weights_digest",
 ]

@@ -57,6 +57,3 @@ def apply_lora(model, spec: LoraSpec, seed: int):
         p.requires_grad_("lora_" in name)
     return peft_model
 
-
-def trainable_names(model) -> list[str]:
-    return [n for n, p in model.named_parameters() if p.requires_grad]

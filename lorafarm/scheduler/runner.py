@@ -9,9 +9,11 @@ are answered while ``run()`` trains."""
 from __future__ import annotations
 
 import threading
-from typing import Any
 
 import ray
+
+from ..events import Done, Event, RunOutcome
+from ..spec import JobSpec
 
 
 @ray.remote(num_cpus=0, max_restarts=0, max_concurrency=4)
@@ -19,30 +21,24 @@ class Runner:
     def __init__(self) -> None:
         self._stop = threading.Event()
 
-    def run(self, spec: dict[str, Any], store_root: str, job_id: str, scheduler) -> dict[str, Any]:
+    def run(self, spec: JobSpec, store_root: str, job_id: str, scheduler_handle) -> RunOutcome:
+        """Train ``spec`` as job ``job_id``, reporting each event to the scheduler as it comes
+        (``scheduler_handle.report.remote(job_id, event)``); how the run ended. Never raises."""
         from ..errors import JobFailed
-        from ..spec import validate_spec
         from ..storage import Store
         from ..worker.launch import run_job
 
-        def on_progress(event: dict[str, Any]) -> None:
-            if event.get("kind") == "done":  # the manifest travels in the return value
-                return
-            scheduler.report.remote(job_id, event)
+        def on_progress(event: Event) -> None:
+            if not isinstance(event, Done):  # the manifest travels in the outcome
+                scheduler_handle.report.remote(job_id, event)
 
         me = ray.get_runtime_context().current_actor
         try:
-            result = run_job(validate_spec(spec), Store.open(store_root), job_id=job_id, on_progress=on_progress,
-                             control=me)
+            return run_job(spec, Store.open(store_root), job_id=job_id, on_progress=on_progress, control=me)
         except JobFailed as e:
-            return {"state": "FAILED", "reason": e.reason}
+            return RunOutcome.failed(e.reason)
         except Exception as e:  # noqa: BLE001 - any failure ends this job only
-            return {"state": "FAILED", "reason": f"{type(e).__name__}: {e}"}
-        if result.state == "PREEMPTED":
-            return {"state": "PREEMPTED", "step": result.metrics.get("preempted_at_step")}
-        files = (result.manifest or {}).get("files", {})
-        return {"state": "SUCCEEDED", "adapter_uri": result.adapter_uri, "metrics": result.metrics,
-                "adapter_bytes": sum(f["size"] for f in files.values())}
+            return RunOutcome.failed(f"{type(e).__name__}: {e}")
 
     def preempt(self) -> None:
         """Ask the workers to checkpoint at the end of their current step and stop."""

@@ -1,9 +1,14 @@
 """The per-worker training recipe: one class that reads top to bottom.
 
-``LoraRecipe(config).run()`` = setup → train (with periodic eval) → export. Every rank runs
-it; rank 0 alone writes the adapter. What it raises: :class:`~lorafarm.errors.AdapterError`
-when the trained adapter fails verification, ``DataError`` for unusable data, anything from
-DeepSpeed/torch as is (the runner turns it into the job's failure reason).
+``LoraRecipe(config, rank, world).run()`` = setup (resuming from the job's latest checkpoint,
+if any) → train (with periodic eval and checkpoints) → export; or, when the runner asks to
+stop, a checkpoint and nothing to export (preemption). Every rank runs it; rank 0 alone writes
+the adapter and tells the job's driver what happens (:mod:`lorafarm.events`).
+
+What it raises: :class:`~lorafarm.errors.AdapterError` when the trained adapter fails
+verification, ``DataError`` for unusable data, ``TrainingError`` for a non-finite loss or a
+checkpoint of another spec, anything from DeepSpeed/torch as is (the driver turns it into the
+job's failure reason).
 
 Loss normalisation: each optimizer step's loss is the mean over *all label tokens of the
 global batch*, whatever the worker count or micro batch. Every rank knows the global batch's
@@ -16,24 +21,22 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from .. import __version__
-from ..spec import JobSpec, spec_digest
+from ..events import Done, Event, GroupStarted, Preempted, Resumed, Step, WorkerError
+from ..spec import JobSpec, resume_digest, spec_digest
 
 
 @dataclass
 class WorkerConfig:
     """Everything a worker needs, picklable (sent through Ray Train's loop config)."""
 
-    spec: dict[str, Any]
+    spec: JobSpec
     job_id: str
     adapter_uri: str
     job_uri: str
@@ -41,7 +44,7 @@ class WorkerConfig:
     eval_rows_uri: str | None
     data_stats: dict[str, Any]
     dataset_fingerprint: str
-    progress: Any = None  # a ray.util.queue.Queue, or None
+    progress: Any = None  # a ray.util.queue.Queue of events, or None
     started_at: float = field(default_factory=time.time)
     env: dict[str, str] = field(default_factory=dict)  # forwarded from the submitter (storage access)
     control: Any = None  # an actor with ``stop_requested() -> bool`` (the job's runner), or None
@@ -52,20 +55,35 @@ class LoraRecipe:
 
     def __init__(self, cfg: WorkerConfig, rank: int, world: int):
         self.cfg = cfg
-        self.spec = JobSpec.model_validate(cfg.spec)
+        self.spec = cfg.spec
         self.rank, self.world = rank, world
-        self.history: list[dict[str, Any]] = []
+        self.history: list[dict[str, Any]] = []  # Step.record() of every step so far
         self.start_step = 0
         self.resumed_from: int | None = None
         self.preempted_at: int | None = None
         self.skipped_steps: list[int] = []
         self.checkpoints: list[dict[str, Any]] = []
-        self.stop_requested = self._control_stop_requested
         self._last_poll = 0.0
+
+    def run(self) -> dict[str, Any] | None:
+        """Collective. The whole run on this rank; the published manifest on rank 0, else None."""
+        self.setup()
+        if self.resumed_from is not None:
+            self.send(Resumed(step=self.resumed_from, world_size=self.world))
+        self.train()
+        if self.preempted_at is not None:
+            self.barrier()
+            self.send(Preempted(step=self.preempted_at))
+            return None
+        manifest = self.export()
+        self.barrier()
+        if manifest is not None:
+            self.send(Done(manifest=manifest, history=tuple(self.history)))
+        return manifest
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        from ..data import load_rows
+        from ..data import load_rows, steps_per_epoch
         from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
         from ..zero import build_engine
 
@@ -84,13 +102,13 @@ class LoraRecipe:
         self.train_rows = load_rows(self.cfg.train_rows_uri)
         self.eval_rows = load_rows(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
         self.n_labels = self.train_rows.column("n_labels").to_numpy()
-        self.steps_per_epoch = len(self.train_rows) // t.global_batch_size
         if t.max_steps is not None:
             self.total_steps = t.max_steps
         else:
-            self.total_steps = max(1, math.ceil((t.epochs or 1.0) * self.steps_per_epoch))
-        self.accum = spec.grad_accum_steps(self.world)
-        self.engine, self.scheduler, self.ds_config = build_engine(self.model, spec, self.world, self.total_steps)
+            per_epoch = steps_per_epoch(len(self.train_rows), t.global_batch_size)
+            self.total_steps = max(1, math.ceil((t.epochs or 1.0) * per_epoch))
+        self.engine, self.lr_schedule = build_engine(self.model, spec, self.world, self.total_steps)
+        self.accum = self.engine.gradient_accumulation_steps()
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._resume()
@@ -99,8 +117,8 @@ class LoraRecipe:
         """Continue from the job's latest complete checkpoint, if it has one (a restarted
         worker group, a re-queued or preempted job): same global batches from the saved step."""
         from ..errors import StorageError, TrainingError
-        from ..spec import resume_digest
-        from .checkpoint import list_checkpoints, load_checkpoint, read_checkpoint
+        from .checkpoints import list_checkpoints, read_checkpoint
+        from .zero_state import load_checkpoint
 
         blobs = None
         for ref in reversed(list_checkpoints(self.cfg.job_uri)):  # newest first; a corrupt one falls back
@@ -112,10 +130,10 @@ class LoraRecipe:
                 blobs = read_checkpoint(ref)  # every rank reads the same files: all fall back alike
                 break
             except StorageError as e:
-                self._send({"kind": "error", "reason": f"{e}; trying an older checkpoint"})
+                self.send(WorkerError(reason=f"{e}; trying an older checkpoint"))
         if blobs is None:
             return
-        restored = load_checkpoint(ref, blobs, self.engine, self.model, self.scheduler, self.rank, self.world)
+        restored = load_checkpoint(ref, blobs, self._rank_context())
         state = restored.state
         if state.get("base_weights_digest") != self.base_digest:
             raise TrainingError(f"{ref.uri}: made on other base weights than {self.spec.base_model} — resubmit as a "
@@ -134,11 +152,6 @@ class LoraRecipe:
     def train(self) -> None:
         """Optimizer steps from ``start_step`` (0, or a checkpoint's step) to ``total_steps``;
         stops early, after a checkpoint, when the runner asks (preemption)."""
-        from ..data import global_batch, micro_batches, worker_slice
-        from ..errors import TrainingError
-        from ..ops.accel import gpu_step_metrics
-        from ..zero import memory_report
-
         t = self.spec.training
         self.engine.train()
         self.train_started = time.time()
@@ -148,73 +161,97 @@ class LoraRecipe:
             self.first_eval = self.evaluate() if self.eval_rows is not None else None
             self.last_eval = self.first_eval
         for step in range(self.start_step, self.total_steps):
-            t0 = time.perf_counter()
-            lr = float(self.scheduler.get_last_lr()[0]) if self.scheduler else t.learning_rate
-            batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
-            label_tokens = int(self.n_labels[batch].sum())
-            mine = worker_slice(batch, self.rank, self.world)
-            loss_sum = torch.zeros((), dtype=torch.float64)
-            tokens = 0
-            micros = micro_batches(mine, t.micro_batch_size)
-            for i, micro in enumerate(micros):
-                inputs, n_tokens = self._collate(micro)
-                tokens += n_tokens
-                token_loss = self._token_loss_sum(inputs)
-                loss_sum += token_loss.detach().double().cpu()
-                scale = (self.world * self.accum) / max(label_tokens, 1)
-                self.engine.backward(token_loss * scale)
-                if i == len(micros) - 1:  # before the update: one all-reduce tells every rank all it needs
-                    total_loss, step_tokens, stop = self._all_sum(
-                        [float(loss_sum), float(tokens), float(self.rank == 0 and self.stop_requested())])
-                    loss = total_loss / max(label_tokens, 1)
-                    if not math.isfinite(loss):
-                        if t.on_nonfinite_loss == "stop":
-                            raise TrainingError(
-                                f"loss is {loss} at step {step + 1} (global batch rows {batch.min()}..{batch.max()}) — "
-                                "lower training.learning_rate, check the data, or set training.on_nonfinite_loss=skip"
-                                "; nothing was published")
-                        self.skipped_steps.append(step + 1)
-                        self._skip_next_update()
-                self.engine.step()
-            step_tokens = int(step_tokens)
-            self.tokens_seen += step_tokens
-            dt = time.perf_counter() - t0
-            record = {
-                "step": step + 1,
-                "total_steps": self.total_steps,
-                "loss": float(loss),
-                "lr": lr,
-                "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
-                "step_time_s": dt,
-                "tokens_seen": self.tokens_seen,
-            }
-            if step == self.start_step:  # the optimizer's state exists from its first step on
-                self.memory = self._memory_totals(memory_report(self.engine, self.model))
-            if step == 0:
-                record.update({k: v for k, v in self.memory.items() if k != "frozen_with_grad"})
-            if step + 1 in self.skipped_steps:
-                record["skipped"] = True
-            # on GPU only: gpu_memory_bytes (peak allocated, this rank) and mfu; absent on CPU
-            record.update(gpu_step_metrics(self.device, self.memory["total_params"], record["tokens_per_s"], self.world))
-            if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < self.total_steps:
-                record["eval_loss"] = self.last_eval = self.evaluate()
-            self._report(record)
-            last = step + 1 == self.total_steps
-            if stop and not last:
-                self.save_checkpoint(step + 1)
-                self.preempted_at = step + 1
+            record, stop = self._optimizer_step(step)
+            self.record_step(Step(**record))
+            done = step + 1
+            if stop and done < self.total_steps:
+                self.save_checkpoint(done)
+                self.preempted_at = done
                 return
-            if t.checkpoint_every_steps and (step + 1) % t.checkpoint_every_steps == 0 and not last:
-                self.save_checkpoint(step + 1)
+            if t.checkpoint_every_steps and done % t.checkpoint_every_steps == 0 and done < self.total_steps:
+                self.save_checkpoint(done)
         if self.eval_rows is not None:
             self.last_eval = self.evaluate()
         self.final_train_loss = self.history[-1]["loss"] if self.history else None
         self.train_seconds = self.train_seconds_before + time.time() - self.train_started
 
+    def _optimizer_step(self, step: int) -> tuple[dict[str, Any], bool]:
+        """Step ``step`` (0-based) over this rank's share of its global batch: the step's
+        record (:class:`~lorafarm.events.Step` fields), and whether the runner asked to stop."""
+        from ..data import global_batch, micro_batches, worker_slice
+        from ..errors import TrainingError
+        from ..ops.accel import gpu_step_metrics
+        from ..zero import memory_report
+
+        t = self.spec.training
+        t0 = time.perf_counter()
+        lr = float(self.lr_schedule.get_last_lr()[0]) if self.lr_schedule else t.learning_rate
+        batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
+        label_tokens = int(self.n_labels[batch].sum())
+        mine = worker_slice(batch, self.rank, self.world)
+        loss_sum = torch.zeros((), dtype=torch.float64)
+        tokens = 0
+        micros = micro_batches(mine, t.micro_batch_size)
+        for i, micro in enumerate(micros):
+            inputs, n_tokens = self._collate(micro)
+            tokens += n_tokens
+            token_loss = self._token_loss_sum(inputs)
+            loss_sum += token_loss.detach().double().cpu()
+            scale = (self.world * self.accum) / max(label_tokens, 1)
+            self.engine.backward(token_loss * scale)
+            if i == len(micros) - 1:  # before the update: one all-reduce tells every rank all it needs
+                total_loss, step_tokens, stop = self._all_sum(
+                    [float(loss_sum), float(tokens), float(self.rank == 0 and self.stop_requested())])
+                loss = total_loss / max(label_tokens, 1)
+                if not math.isfinite(loss):
+                    if t.on_nonfinite_loss == "stop":
+                        raise TrainingError(
+                            f"loss is {loss} at step {step + 1} (global batch rows {batch.min()}..{batch.max()}) — "
+                            "lower training.learning_rate, check the data, or set training.on_nonfinite_loss=skip"
+                            "; nothing was published")
+                    self.skipped_steps.append(step + 1)
+                    self._skip_next_update()
+            self.engine.step()
+        step_tokens = int(step_tokens)
+        self.tokens_seen += step_tokens
+        dt = time.perf_counter() - t0
+        record: dict[str, Any] = {
+            "step": step + 1,
+            "total_steps": self.total_steps,
+            "loss": float(loss),
+            "lr": lr,
+            "tokens_per_s": step_tokens / dt if dt > 0 else 0.0,
+            "step_time_s": dt,
+            "tokens_seen": self.tokens_seen,
+        }
+        if step == self.start_step:  # the optimizer's state exists from its first step on
+            self.memory = self._memory_totals(memory_report(self.engine, self.model))
+        if step == 0:
+            record.update({k: v for k, v in self.memory.items() if k != "frozen_with_grad"})
+        if step + 1 in self.skipped_steps:
+            record["skipped"] = True
+        # on GPU only: gpu_memory_bytes (peak allocated, this rank) and mfu; absent on CPU
+        record.update(gpu_step_metrics(self.device, self.memory["total_params"], record["tokens_per_s"], self.world))
+        if t.eval_every_steps and (step + 1) % t.eval_every_steps == 0 and step + 1 < self.total_steps:
+            record["eval_loss"] = self.last_eval = self.evaluate()
+        return record, bool(stop)
+
+    def record_step(self, step: Step) -> None:
+        """After every optimizer step: into the history, to the driver and to Ray Train."""
+        self.history.append(step.record())
+        self.send(step)
+        try:
+            import ray.train
+
+            ray.train.report(step.numbers())
+        except RuntimeError:
+            pass  # not under Ray Train (direct call in tests)
+
     def save_checkpoint(self, step: int) -> None:
         """Collective: the job's state after ``step`` optimizer steps, then older ones pruned."""
-        from ..spec import resume_digest
-        from .checkpoint import prune, save_checkpoint
+        from ..events import CheckpointSaved
+        from .checkpoints import prune
+        from .zero_state import save_checkpoint
 
         extra = {
             "resume_digest": resume_digest(self.spec),
@@ -228,20 +265,14 @@ class LoraRecipe:
             "skipped_steps": self.skipped_steps,
             "train_seconds": self.train_seconds_before + time.time() - self.train_started,
         }
-        marker = save_checkpoint(self.cfg.job_uri, step, self.engine, self.model, self.scheduler, self.rank,
-                                 self.world, extra, self._barrier)
+        marker = save_checkpoint(self.cfg.job_uri, step, self._rank_context(), extra)
         if marker is not None:
             prune(self.cfg.job_uri, self.spec.training.keep_last)
-            self.checkpoints.append({"step": step, "bytes": marker["bytes"], "seconds": marker["save_seconds"]})
-            self._send({"kind": "checkpoint", "step": step, "bytes": marker["bytes"],
-                        "seconds": marker["save_seconds"]})
+            saved = CheckpointSaved(step=step, bytes=marker["bytes"], seconds=marker["save_seconds"])
+            self.checkpoints.append({"step": saved.step, "bytes": saved.bytes, "seconds": saved.seconds})
+            self.send(saved)
 
-    def _skip_next_update(self) -> None:
-        from ..zero import base_optimizer
-
-        base_optimizer(self.engine).skip_next = True
-
-    def _control_stop_requested(self) -> bool:
+    def stop_requested(self) -> bool:
         """Rank 0 asks the runner at most once a second whether to stop (preemption)."""
         control = self.cfg.control
         if control is None or time.monotonic() - self._last_poll < 1.0:
@@ -254,20 +285,16 @@ class LoraRecipe:
         except Exception:  # noqa: BLE001 - a runner that cannot answer asks for nothing
             return False
 
-    def _barrier(self) -> None:
-        import torch.distributed as dist
+    def _rank_context(self):
+        from .zero_state import RankContext
 
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.barrier()
+        return RankContext(engine=self.engine, model=self.model, lr_schedule=self.lr_schedule, rank=self.rank,
+                           world=self.world, barrier=self.barrier)
 
-    def _all_sum(self, values: list[float]) -> list[float]:
-        """Element-wise float64 sums over ranks, in one collective."""
-        import torch.distributed as dist
+    def _skip_next_update(self) -> None:
+        from ..zero import base_optimizer
 
-        v = torch.tensor(values, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.all_reduce(v)
-        return [float(x) for x in v]
+        base_optimizer(self.engine).skip_next = True
 
     def _collate(self, indices) -> tuple[dict[str, torch.Tensor], int]:
         """A device batch for these row indices, and its count of real (non-pad) tokens."""
@@ -332,25 +359,17 @@ class LoraRecipe:
 
     # ---------------------------------------------------------------- export
     def export(self) -> dict[str, Any] | None:
-        """Gather (collective), verify, reload-check and publish. Returns the manifest on rank 0."""
-        from ..adapter.export import gather_lora_state
-        from ..adapter.verify import expected_lora_modules, require, verify_state
+        """Collective: gather, verify, reload-check and publish. The manifest on rank 0."""
+        from ..adapter.export import export_adapter
+        from ..model import load_base
 
-        state = gather_lora_state(self.engine.module)
-        probe = self._probe_batch()
-        self.engine.eval()
-        with torch.no_grad():
-            expected = self.engine(**probe, use_cache=False).logits.float().cpu()
-        if self.rank != 0:
-            return None
-        modules = expected_lora_modules(self.engine.module)
-        require(verify_state(state, modules, self.spec.lora.r, self.total_steps))
-        with tempfile.TemporaryDirectory(prefix="lorafarm-adapter-") as tmp:
-            from ..adapter.save import publish, save_peft
+        def fresh_base():
+            return load_base(self.base_dir, dtype=self.dtype, trust_remote_code=self.spec.trust_remote_code
+                             ).to(self.device)
 
-            out = save_peft(Path(tmp), state, self.engine.module.peft_config["default"], self.spec.base_model)
-            require(self._reload_check(out, probe, expected))
-            return publish(out, self.cfg.adapter_uri, self._manifest())
+        return export_adapter(self.engine, self._probe_batch(), spec=self.spec, rank=self.rank,
+                              steps_done=self.total_steps, fresh_base=fresh_base,
+                              adapter_uri=self.cfg.adapter_uri, manifest=self._manifest)
 
     def _probe_batch(self) -> dict[str, torch.Tensor]:
         from ..data import collate
@@ -359,41 +378,16 @@ class LoraRecipe:
         b = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
         return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids")}
 
-    def _reload_check(self, adapter_dir: Path, probe, expected: torch.Tensor) -> list[str]:
-        """Load the saved files with ``PeftModel.from_pretrained`` on a fresh base: same logits."""
-        from peft import PeftModel
-
-        from ..adapter.verify import compare_logits
-        from ..model import load_base
-
-        fresh = load_base(self.base_dir, dtype=self.dtype, trust_remote_code=self.spec.trust_remote_code).to(self.device)
-        reloaded = PeftModel.from_pretrained(fresh, str(adapter_dir)).eval()
-        with torch.no_grad():
-            actual = reloaded(**probe, use_cache=False).logits.float().cpu()
-        problem = compare_logits(expected, actual, self.precision)
-        del reloaded, fresh
-        return [problem] if problem else []
-
     def _manifest(self) -> dict[str, Any]:
-        import deepspeed
-        import peft
-        import ray
-        import transformers
+        from ..adapter.manifest import adapter_manifest
 
-        stats = self.cfg.data_stats
-        return {
-            "format": "lorafarm.adapter/v1",
-            "job_id": self.cfg.job_id,
-            "tenant": self.spec.tenant,
-            "name": self.spec.name,
-            "spec": self.spec.model_dump(mode="json"),
-            "spec_digest": spec_digest(self.spec),
-            "base_model": self.spec.base_model,
-            "base_weights_digest": self.base_digest,
-            "dataset_fingerprint": self.cfg.dataset_fingerprint,
-            "data": stats,
-            "chat": self.spec.dataset.format == "chat",
-            "metrics": {
+        return adapter_manifest(
+            self.spec,
+            job_id=self.cfg.job_id,
+            base_weights_digest=self.base_digest,
+            dataset_fingerprint=self.cfg.dataset_fingerprint,
+            data_stats=self.cfg.data_stats,
+            metrics={
                 "steps": self.total_steps,
                 "tokens_seen": self.tokens_seen,
                 "final_train_loss": self.final_train_loss,
@@ -405,39 +399,37 @@ class LoraRecipe:
                 "train_seconds": self.train_seconds,
                 "wall_seconds": time.time() - self.cfg.started_at,
             },
-            "world_size": self.world,
-            "zero_stage": self.spec.resolved_stage(self.world),
-            "precision": self.precision,
-            "grad_accum_steps": self.accum,
-            "versions": {
-                "lorafarm": __version__,
-                "torch": torch.__version__,
-                "deepspeed": deepspeed.__version__,
-                "transformers": transformers.__version__,
-                "peft": peft.__version__,
-                "ray": ray.__version__,
-            },
-            "created_at": time.time(),
-        }
+            world_size=self.world,
+            precision=self.precision,
+            grad_accum_steps=self.accum,
+        )
 
-    # ---------------------------------------------------------------- report
-    def _report(self, record: dict[str, Any]) -> None:
-        self.history.append(record)
-        self._send({"kind": "step", **record})
+    # ---------------------------------------------------------------- between ranks and processes
+    def send(self, event: Event) -> None:
+        """An event to the job's driver (rank 0 only). Best effort, training goes on — except
+        :class:`~lorafarm.events.Done`, whose loss would lose the adapter: that one raises."""
+        if self.rank != 0 or self.cfg.progress is None:
+            return
         try:
-            import ray.train
+            self.cfg.progress.put_nowait(event)
+        except Exception:  # noqa: BLE001
+            if isinstance(event, Done):
+                raise
 
-            ray.train.report({k: v for k, v in record.items() if isinstance(v, int | float)})
-        except RuntimeError:
-            pass  # not under Ray Train (direct call in tests)
+    def barrier(self) -> None:
+        import torch.distributed as dist
 
-    def _send(self, event: dict[str, Any]) -> None:
-        """An event to the job's driver (rank 0 only; best effort, training goes on)."""
-        if self.rank == 0 and self.cfg.progress is not None:
-            try:
-                self.cfg.progress.put_nowait(event)
-            except Exception:  # noqa: BLE001
-                pass
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.barrier()
+
+    def _all_sum(self, values: list[float]) -> list[float]:
+        """Element-wise float64 sums over ranks, in one collective."""
+        import torch.distributed as dist
+
+        v = torch.tensor(values, dtype=torch.float64)
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.all_reduce(v)
+        return [float(x) for x in v]
 
 
 def distributed_env_from_ray() -> tuple[int, int]:
@@ -467,26 +459,16 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     rank, world = distributed_env_from_ray()
     recipe = LoraRecipe(cfg, rank, world)
-    recipe._send({"kind": "attempt", "world_size": world, "placement_group": _placement_group_id()})
+    recipe.send(GroupStarted(world_size=world, placement_group=_placement_group_id()))
     try:
-        recipe.setup()
-        if recipe.resumed_from is not None:
-            recipe._send({"kind": "resumed", "step": recipe.resumed_from, "world_size": world})
-        recipe.train()
-        manifest = None if recipe.preempted_at is not None else recipe.export()
+        recipe.run()
     except LorafarmError as e:
-        recipe._send({"kind": "error", "reason": str(e)})
+        recipe.send(WorkerError(reason=str(e)))
         if isinstance(e, StorageError):
             raise
-        return
     except Exception as e:
-        recipe._send({"kind": "error", "reason": f"{type(e).__name__}: {e}", "retryable": True})
+        recipe.send(WorkerError(reason=f"{type(e).__name__}: {e}", retryable=True))
         raise
-    recipe._barrier()
-    if recipe.preempted_at is not None:
-        recipe._send({"kind": "preempted", "step": recipe.preempted_at})
-    elif rank == 0 and cfg.progress is not None and manifest is not None:
-        cfg.progress.put_nowait({"kind": "done", "manifest": manifest, "history": recipe.history})
 
 
 def _placement_group_id() -> str | None:

@@ -47,7 +47,8 @@ def _skippable_adamw():
 
 
 def build_engine(model, spec: JobSpec, world_size: int, total_steps: int):
-    """``deepspeed.initialize`` with a torch AdamW over the trainable (LoRA) parameters only."""
+    """``deepspeed.initialize`` with a torch AdamW over the trainable (LoRA) parameters only.
+    Returns the engine and its LR schedule (linear warm-up, then cosine: :func:`lr_lambda`)."""
     import deepspeed
     import torch
 
@@ -64,10 +65,10 @@ def build_engine(model, spec: JobSpec, world_size: int, total_steps: int):
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lr_lambda(t.warmup_steps, total_steps, t.min_lr_ratio)
     )
-    engine, optimizer, _, scheduler = deepspeed.initialize(
+    engine, _, _, lr_schedule = deepspeed.initialize(
         model=model, optimizer=optimizer, lr_scheduler=schedule, config=config, dist_init_required=False
     )
-    return engine, scheduler, config
+    return engine, lr_schedule
 
 
 def base_optimizer(engine):
