@@ -8,13 +8,13 @@ as whole gangs, on the nodes the policy placed them. Between events nothing free
 call at a finer tick could only differ when a job's aged rank crosses a whole hour; pass
 ``tick_s`` to call the policy that often as well while jobs wait.
 
-Submission mirrors ``SchedulerCore.submit``: a job whose tenant is refused, whose priority is
-not allowed, that can never fit (``check_admissible``) or whose tenant already has
-``max_queued`` queued jobs is rejected with the reason and does not run.
+Submissions go through the scheduler's own rules, :func:`lorafarm.policy.submission_problems`:
+a job whose tenant is refused, whose priority is not allowed, that can never fit or whose tenant
+already has ``max_queued`` queued jobs is rejected with the scheduler's reasons and does not run.
 
 The simulator trusts no policy: it checks every start against the free resources (a start that
 does not fit is refused and counted as a capacity violation) and every tenant's usage against
-its quota after each start (counted as a quota violation). With ``estimates`` (the default)
+its quota at each start (:func:`lorafarm.policy.within_quota`; counted as a quota violation). With ``estimates`` (the default)
 each queued job carries its true remaining duration as ``estimated_duration`` (what SJF needs,
 and what ``decide`` uses to order a tenant's own jobs); without, the policy sees exactly what
 the live scheduler passes today (no estimates). A preempted job goes back to the
@@ -29,7 +29,16 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..policy import ClusterState, JobRequest, NodeState, RunningJob, check_admissible
+from ..policy import (
+    ClusterState,
+    JobRequest,
+    NodeState,
+    RunningJob,
+    Usage,
+    job_priority,
+    submission_problems,
+    within_quota,
+)
 from ..policy.baselines import Policy
 from ..policy.pool import EPS
 from ..tenants import TenantsConfig
@@ -137,9 +146,10 @@ class Simulator:
         self.running: dict[str, RunningJob] = {}
         self.ends: dict[str, float] = {}
         self.remaining: dict[str, float] = {j.job_id: j.duration for j in self.jobs}
-        self.usage: dict[str, list[float]] = {}  # tenant -> [workers, cpus, gpus]
+        self.usage: dict[str, Usage] = {}
+        self.queued_count: Counter[str] = Counter()
         self.queued_gpus: dict[str, float] = {}
-        self.queued_shapes: dict[str, Counter] = {}
+        self.queued_shapes: dict[str, Counter] = {}  # tenant -> Counter of (workers, cpus, gpus)
         self.weights: dict[str, float] = {}
         self.quota_gpus: dict[str, float] = {}
         self.now = 0.0
@@ -159,7 +169,7 @@ class Simulator:
             self.weights[name] = self.tenants.weight(name)
             q = self.tenants.quota(name).gpus
             self.quota_gpus[name] = float(self.cluster.gpus) if q is None else min(float(q), self.cluster.gpus)
-            self.usage[name] = [0, 0.0, 0.0]
+            self.usage[name] = Usage()
             self.queued_gpus[name] = 0.0
             self.queued_shapes[name] = Counter()
             self.result.tenant_gpu_s.setdefault(name, 0.0)
@@ -210,42 +220,33 @@ class Simulator:
     def _submit(self, job_id: str) -> bool:
         out = self.result.outcomes[job_id]
         j = out.job
-        tenants = self.tenants
-        entry = tenants.for_tenant(j.tenant)
-        if entry is None:
-            out.rejected = f"tenant {j.tenant!r} is not in the tenants file and unknown tenants are rejected"
+        req = JobRequest(j.job_id, j.tenant, j.workers, j.cpus_per_worker, j.gpus_per_worker,
+                         job_priority(self.tenants, j.tenant, j.priority), j.submit_time,
+                         self.remaining[job_id] if self.estimates else None)
+        problems = submission_problems(req, self.tenants, self.capacity, self.queued_count)
+        if problems:
+            out.rejected = "; ".join(problems)
             return False
-        priority = j.priority or tenants.default_priority_for(j.tenant)
-        if priority not in tenants.allowed_priorities(j.tenant):
-            out.rejected = f"priority {priority!r} is not allowed for tenant {j.tenant!r}"
-            return False
-        req = JobRequest(j.job_id, j.tenant, j.workers, j.cpus_per_worker, j.gpus_per_worker, priority,
-                         j.submit_time, self.remaining[job_id] if self.estimates else None)
-        reason = check_admissible(req, tenants, self.capacity)
-        if reason:
-            out.rejected = reason
-            return False
-        limit = entry.quota.max_queued
         self._tenant(j.tenant)
-        if limit is not None and sum(1 for q in self.queued.values() if q.tenant == j.tenant) >= limit:
-            out.rejected = f"tenant {j.tenant!r} already has {limit} queued jobs (quota max_queued)"
-            return False
         self._enqueue(req)
         return True
 
     def _enqueue(self, req: JobRequest) -> None:
         self.queued[req.job_id] = req
+        self.queued_count[req.tenant] += 1
         self.queued_gpus[req.tenant] += req.gpus
-        self.queued_shapes[req.tenant][(req.gpus, req.workers)] += 1
+        self.queued_shapes[req.tenant][(req.workers, req.cpus, req.gpus)] += 1
         self.result.max_queue = max(self.result.max_queue, len(self.queued))
 
     def _dequeue(self, job_id: str) -> JobRequest:
         req = self.queued.pop(job_id)
+        self.queued_count[req.tenant] -= 1
         self.queued_gpus[req.tenant] -= req.gpus
         shapes = self.queued_shapes[req.tenant]
-        shapes[(req.gpus, req.workers)] -= 1
-        if not shapes[(req.gpus, req.workers)]:
-            del shapes[(req.gpus, req.workers)]
+        shape = (req.workers, req.cpus, req.gpus)
+        shapes[shape] -= 1
+        if not shapes[shape]:
+            del shapes[shape]
         return req
 
     def _decide(self, t: float, events: list, seq: int) -> bool:
@@ -281,7 +282,7 @@ class Simulator:
                 return False
         return True
 
-    def _take(self, job: JobRequest | RunningJob, placement, sign: float) -> None:
+    def _take(self, job: JobRequest | RunningJob, placement, sign: int) -> None:
         self.free_gpus -= sign * job.gpus
         self.free_cpus -= sign * job.cpus
         if self.node_names is not None:
@@ -289,10 +290,7 @@ class Simulator:
                 i = self.node_index[name]
                 self.node_gpus[i] -= sign * n * job.gpus_per_worker
                 self.node_cpus[i] -= sign * n * job.cpus_per_worker
-        u = self.usage[job.tenant]
-        u[0] += sign * job.workers
-        u[1] += sign * job.cpus
-        u[2] += sign * job.gpus
+        self.usage[job.tenant].add(job, sign)
         if self.record:
             self.result.tenant_series.append((self.now, job.tenant, sign * job.gpus))
 
@@ -301,13 +299,10 @@ class Simulator:
         if not self._fits(req, placement):
             res.capacity_violations += 1
             return False
-        self._dequeue(req.job_id)
-        self._take(req, placement, 1.0)
-        q = self.tenants.quota(req.tenant)
-        u = self.usage[req.tenant]
-        if ((q.workers is not None and u[0] > q.workers) or (q.cpus is not None and u[1] > q.cpus + EPS)
-                or (q.gpus is not None and u[2] > q.gpus + EPS)):
+        if not within_quota(req, self.usage[req.tenant], self.tenants):
             res.quota_violations += 1
+        self._dequeue(req.job_id)
+        self._take(req, placement, 1)
         self.running[req.job_id] = RunningJob(req.job_id, req.tenant, req.workers, req.cpus_per_worker,
                                               req.gpus_per_worker, req.priority, req.submitted_at, t,
                                               req.estimated_duration, tuple(placement))
@@ -319,12 +314,12 @@ class Simulator:
 
     def _finish(self, job_id: str) -> None:
         job = self.running.pop(job_id)
-        self._take(job, job.placement, -1.0)
+        self._take(job, job.placement, -1)
         self.result.outcomes[job_id].end = self.ends.pop(job_id)
 
     def _preempt(self, job_id: str, t: float) -> None:
         job = self.running.pop(job_id)
-        self._take(job, job.placement, -1.0)
+        self._take(job, job.placement, -1)
         self.remaining[job_id] = max(0.0, self.ends.pop(job_id) - t)
         self.result.outcomes[job_id].preempted += 1
         self.result.preemptions += 1
@@ -344,9 +339,9 @@ class Simulator:
         res.busy_gpu_s += busy * dt
         if not self.queued:
             for name, u in self.usage.items():
-                if u[2]:
-                    res.tenant_gpu_s[name] += u[2] * dt
-                    res.tenant_entitled_gpu_s[name] += u[2] * dt  # no contention: what it holds is fair
+                if u.gpus:
+                    res.tenant_gpu_s[name] += u.gpus * dt
+                    res.tenant_entitled_gpu_s[name] += u.gpus * dt  # no contention: what it holds is fair
             return
         res.queued_s += dt
         res.busy_while_queued_gpu_s += busy * dt
@@ -355,22 +350,18 @@ class Simulator:
             res.busy_while_runnable_gpu_s += busy * dt
         demand: dict[str, float] = {}
         for name, u in self.usage.items():
-            d = min(self.quota_gpus[name], u[2] + self.queued_gpus[name])
+            d = min(self.quota_gpus[name], u.gpus + self.queued_gpus[name])
             if d > EPS:
                 demand[name] = d
-            if u[2]:
-                res.tenant_gpu_s[name] += u[2] * dt
+            if u.gpus:
+                res.tenant_gpu_s[name] += u.gpus * dt
         for name, e in fair_split(float(self.cluster.gpus), demand, self.weights).items():
             res.tenant_entitled_gpu_s[name] += e * dt
 
     def _runnable(self) -> bool:
         """Is some queued job within its tenant's quota headroom (so idle GPUs are the policy's doing)?"""
         for name, shapes in self.queued_shapes.items():
-            if not shapes:
-                continue
-            q = self.tenants.quota(name)
-            u = self.usage[name]
-            for gpus, workers in shapes:
-                if (q.gpus is None or u[2] + gpus <= q.gpus + EPS) and (q.workers is None or u[0] + workers <= q.workers):
-                    return True
+            quota, u = self.tenants.quota(name), self.usage[name]
+            if any(not u.over(quota, workers, cpus, gpus) for workers, cpus, gpus in shapes):
+                return True
         return False
