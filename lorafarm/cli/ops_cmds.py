@@ -8,16 +8,20 @@ import time
 
 from rich.console import Console
 
-from .main import EXIT_OK, EXIT_USAGE, emit_json
+from .. import api
+from ..errors import SpecError
+from .args import STORE_HELP
+from .output import EXIT_OK, emit_json
 
 
-def add_parsers(sub, parser_class) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="train/eval loss and tokens/s over steps of a job, as a PNG")
     p.add_argument("job", help="job id")
     p.add_argument("-o", "--output", required=True, metavar="FILE.png", help="PNG file to write")
-    p.add_argument("--store", help="object store root (default $LORAFARM_STORE or ~/.local/share/lorafarm/store)")
+    p.add_argument("--store", help=STORE_HELP)
     p.add_argument("--tenant", help="the job's tenant (default: search every tenant of the store)")
     p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=plot)
 
     p = sub.add_parser("top", help="live table of tenants and running jobs (step, loss, tokens/s, ETA)")
     p.add_argument("--once", action="store_true", help="print one snapshot and exit")
@@ -25,6 +29,7 @@ def add_parsers(sub, parser_class) -> None:
                    help="JSON instead of a table: one object (with --once) or one line per refresh")
     p.add_argument("--interval", type=float, default=2.0, help="seconds between refreshes (default 2)")
     p.add_argument("--tenant", help="only this tenant")
+    p.set_defaults(handler=top)
 
 
 def plot(args: argparse.Namespace, console: Console) -> int:
@@ -32,8 +37,7 @@ def plot(args: argparse.Namespace, console: Console) -> int:
     from ..ops.plot import lines_by_label, plot_history
 
     if not args.output.lower().endswith(".png"):
-        console.print(f"[red]error:[/] -o {args.output}: the plot is a PNG — name the file *.png", highlight=False)
-        return EXIT_USAGE
+        raise SpecError([f"-o {args.output}: the plot is a PNG — name the file *.png"])
     history = load_job_history(args.job, args.store, args.tenant)
     if not history.steps:
         console.print(f"[yellow]{args.job}: history.jsonl has no steps yet; writing an empty plot", highlight=False)
@@ -49,14 +53,13 @@ def plot(args: argparse.Namespace, console: Console) -> int:
 
 def top(args: argparse.Namespace, console: Console) -> int:
     from ..ops.top import render, snapshot
-    from ..scheduler.client import call
 
     if args.interval <= 0:
-        console.print("[red]error:[/] --interval must be > 0 seconds", highlight=False)
-        return EXIT_USAGE
+        raise SpecError(["--interval must be > 0 seconds"])
 
     def take() -> dict:
-        return snapshot(call("tenants"), call("list", args.tenant, "RUNNING"), tenant=args.tenant)
+        return snapshot(api.scheduler_call("tenants"), api.scheduler_call("list", args.tenant, "RUNNING"),
+                        tenant=args.tenant)
 
     if args.once:
         snap = take()
@@ -79,5 +82,3 @@ def top(args: argparse.Namespace, console: Console) -> int:
     except KeyboardInterrupt:
         return EXIT_OK
 
-
-HANDLERS = {"plot": plot, "top": top}

@@ -1,4 +1,5 @@
-"""CLI commands that talk to the scheduler (``serve``, ``submit``, ``status``, ...)."""
+"""Commands that talk to the scheduler: ``serve``, ``submit``, ``status``, ``list``, ``cancel``,
+``events``, ``logs``, ``tenants``."""
 
 from __future__ import annotations
 
@@ -13,25 +14,63 @@ from typing import Any
 from rich.console import Console
 from rich.table import Column, Table
 
-from ..spec import load_spec
-from .main import EXIT_FAILED, EXIT_OK, emit_json
-from .paths import absolutize_local_paths
+from .. import api
+from .args import STORE_HELP, add_spec_args
+from .output import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit_json
 
-EXIT_CANCELLED = 3
 EXIT_BY_STATE = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "CANCELLED": EXIT_CANCELLED}
 
 
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="start the scheduler on the current Ray cluster (harmless if running)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--tenants", help="tenants file (YAML): quotas, weights, priority classes")
+    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
+    p.add_argument("--hang-timeout", type=float, default=1800.0, help="fail a job with no progress for this long (s)")
+    p.add_argument("--reserve-cpus", type=float, default=0.0, help="logical CPUs kept free for data tasks")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=serve)
+
+    p = sub.add_parser("submit", help="queue a job with the scheduler")
+    add_spec_args(p)
+    p.add_argument("--wait", action="store_true", help="follow the job; exit 0/1/3 on succeeded/failed/cancelled")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=submit)
+
+    for name, help_text, handler in [("status", "a job's state", status), ("cancel", "cancel a job", cancel),
+                                     ("events", "a job's events", events)]:
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("job")
+        p.add_argument("--json", action="store_true")
+        if name == "status":
+            p.add_argument("--watch", action="store_true", help="follow with a live progress bar")
+        p.set_defaults(handler=handler)
+
+    p = sub.add_parser("logs", help="a job's log")
+    p.add_argument("job")
+    p.add_argument("--follow", "-f", action="store_true")
+    p.set_defaults(handler=logs)
+
+    p = sub.add_parser("list", help="jobs, optionally by tenant and state")
+    p.add_argument("--tenant")
+    p.add_argument("--state")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=list_jobs)
+
+    p = sub.add_parser("tenants", help="quota, usage, queued and running per tenant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=tenants)
+
+
 def serve(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import serve as start
+    from ..spec import load_tenants
     from ..storage import Store
 
     tenants_text = Path(args.tenants).read_text() if args.tenants else None
     if tenants_text is not None:
-        from ..tenants import load_tenants
-
         load_tenants(tenants_text)  # refuse a bad tenants file here, with every problem
     store = Store.open(args.store)
-    _, created = start(store.root, tenants_text, args.metrics_port, args.hang_timeout, args.reserve_cpus)
+    created = api.start_scheduler(store.root, tenants_text, args.metrics_port, args.hang_timeout, args.reserve_cpus)
     verb = "started" if created else "already running"
     console.print(f"lorafarm scheduler {verb} (store {store.root})", highlight=False)
     if args.json:
@@ -40,10 +79,11 @@ def serve(args: argparse.Namespace, console: Console) -> int:
 
 
 def submit(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
+    from ..spec import load_spec
+    from .paths import absolutize_local_paths
 
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
-    summary = call("submit", spec.model_dump(mode="json"))
+    summary = api.scheduler_call("submit", spec.model_dump(mode="json"))
     job_id = summary["job_id"]
     if not args.wait:
         if args.json:
@@ -58,7 +98,6 @@ def submit(args: argparse.Namespace, console: Console) -> int:
 def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: bool) -> int:
     """Follow a job to its end with a progress bar; SIGINT/SIGTERM cancel it (so `ray job stop`
     on the submission cancels the lorafarm job)."""
-    from ..scheduler.client import call
     from .progress import JobProgress
 
     stop = {"signal": None}
@@ -74,13 +113,13 @@ def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: boo
         while True:
             if stop["signal"] is not None:
                 console.print(f"signal {stop['signal']}: cancelling {job_id}")
-                summary = call("cancel", job_id)
+                summary = api.scheduler_call("cancel", job_id)
                 break
-            summary = call("status", job_id, timeout=30)
+            summary = api.scheduler_call("status", job_id, timeout=30)
             p = summary.get("progress") or {}
             if p.get("step", 0) > last_step:
                 last_step = p["step"]
-                progress({"kind": "step", **p})
+                progress(_step_event(p))
             if summary["state"] in EXIT_BY_STATE:
                 break
             time.sleep(0.5)
@@ -95,12 +134,20 @@ def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: boo
     return EXIT_BY_STATE.get(state, EXIT_FAILED)
 
 
-def status(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
+def _step_event(progress: dict[str, Any]):
+    """The scheduler's summary of a job's last step as the event the progress bar reads."""
+    import dataclasses
 
-    if getattr(args, "watch", False):
+    from ..events import Step
+
+    known = {f.name for f in dataclasses.fields(Step)}
+    return Step(**{k: v for k, v in progress.items() if k in known})
+
+
+def status(args: argparse.Namespace, console: Console) -> int:
+    if args.watch:
         return wait_for(args.job, console, args.json, cancel_on_signal=False)
-    summary = call("status", args.job)
+    summary = api.scheduler_call("status", args.job)
     if args.json:
         emit_json(summary)
     else:
@@ -111,9 +158,7 @@ def status(args: argparse.Namespace, console: Console) -> int:
 
 
 def list_jobs(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
-
-    jobs = call("list", args.tenant, args.state)
+    jobs = api.scheduler_call("list", args.tenant, args.state)
     if args.json:
         emit_json(jobs)
         return EXIT_OK
@@ -130,9 +175,7 @@ def list_jobs(args: argparse.Namespace, console: Console) -> int:
 
 
 def cancel(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
-
-    summary = call("cancel", args.job)
+    summary = api.scheduler_call("cancel", args.job)
     if args.json:
         emit_json(summary)
     else:
@@ -141,9 +184,7 @@ def cancel(args: argparse.Namespace, console: Console) -> int:
 
 
 def events(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
-
-    for event in call("events", args.job):
+    for event in api.scheduler_call("events", args.job):
         if args.json:
             sys.stdout.write(json.dumps(event) + "\n")
         else:
@@ -153,11 +194,9 @@ def events(args: argparse.Namespace, console: Console) -> int:
 
 
 def logs(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
-
     offset = 0
     while True:
-        lines, offset, ended = call("logs", args.job, offset)
+        lines, offset, ended = api.scheduler_call("logs", args.job, offset)
         for line in lines:
             print(line, flush=True)
         if not args.follow or ended:
@@ -166,9 +205,7 @@ def logs(args: argparse.Namespace, console: Console) -> int:
 
 
 def tenants(args: argparse.Namespace, console: Console) -> int:
-    from ..scheduler.client import call
-
-    rows = call("tenants")
+    rows = api.scheduler_call("tenants")
     if args.json:
         emit_json(rows)
         return EXIT_OK

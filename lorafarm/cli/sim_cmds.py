@@ -10,10 +10,12 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .output import EXIT_OK
+
 POLICY_NAMES = ("lorafarm", "fifo", "sjf")
 
 
-def add_parsers(sub, parser_class) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "simulate", help="replay a job trace through the scheduling policy (and FIFO/SJF) at cluster scale",
         description="Discrete-event replay of a job trace through lorafarm's own policy (the code the scheduler "
@@ -31,13 +33,14 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--policy", action="append", choices=POLICY_NAMES, metavar="{lorafarm,fifo,sjf}",
                    help="policy to replay (repeatable; default: all three)")
     p.add_argument("--out", metavar="DIR", help="write summary.json, summary.md and PNG plots here")
+    p.set_defaults(handler=simulate)
 
 
 def simulate(args: argparse.Namespace, console: Console) -> int:
     from ..errors import SpecError
     from ..sim import ClusterSpec, TraceError, dumps, generate, markdown, read_trace, run_policies
     from ..sim.report import plot, tenants_markdown
-    from ..tenants import load_tenants
+    from ..spec import load_tenants
 
     problems = []
     if args.gpus <= 0:
@@ -76,7 +79,4 @@ def simulate(args: argparse.Namespace, console: Console) -> int:
         (out / "summary.md").write_text(table + "\n" + "\n".join(tenants_markdown(s) for s in summaries))
         written = plot(results, out)
         console.print(f"wrote {out / 'summary.json'}, {out / 'summary.md'} and {len(written)} plots", highlight=False)
-    return 0
-
-
-HANDLERS = {"simulate": simulate}
+    return EXIT_OK

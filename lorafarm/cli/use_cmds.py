@@ -12,8 +12,9 @@ from typing import Any
 
 from rich.console import Console
 
+from .. import api
 from ..errors import SpecError
-from ..storage import normalize
+from .output import EXIT_OK, emit_json, warn
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:
@@ -31,7 +32,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true")
 
 
-def add_parsers(sub, parser_class) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("try", help="generate with the base and with adapters side by side")
     _add_common(p)
     p.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
@@ -40,6 +41,7 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default)")
     p.add_argument("--seed", type=int, default=0, help="seed of each generation when sampling")
     p.add_argument("--system", help="system message for chat adapters")
+    p.set_defaults(handler=try_cmd)
 
     p = sub.add_parser("eval", help="loss, perplexity and label accuracy of the base and adapters on a file")
     _add_common(p)
@@ -53,16 +55,15 @@ def add_parsers(sub, parser_class) -> None:
     p.add_argument("--max-examples", type=int, help="evaluate the first N examples only")
     p.add_argument("--name", help="results name: eval/<name>.json (default: the data file's stem)")
     p.add_argument("--no-save", action="store_true", help="do not write eval/<name>.json")
+    p.set_defaults(handler=eval_cmd)
 
 
 def _sources(args: argparse.Namespace) -> list[str]:
-    from .commands import _adapter_source
-
     given = ([args.adapter] if args.adapter else []) + list(args.more_adapters)
     if not given:
         raise SpecError(["no adapter given — name one: a store URI, a local directory or a job id "
                          "(`lorafarm try JOB_ID --prompt ...`)"])
-    return [_adapter_source(argparse.Namespace(source=s, store=args.store, tenant=args.tenant)) for s in given]
+    return [api.adapter_source(s, args.store, args.tenant) for s in given]
 
 
 def _check_numbers(args: argparse.Namespace) -> list[float]:
@@ -82,37 +83,24 @@ def _check_numbers(args: argparse.Namespace) -> list[float]:
     return list(dict.fromkeys(scales))
 
 
-def _quiet() -> None:
-    """No weight-loading progress bars or library deprecation chatter around our tables."""
-    import warnings
-
-    from transformers.utils import logging
-
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    logging.disable_progress_bar()
-    logging.set_verbosity_error()
-
-
 def try_cmd(args: argparse.Namespace, console: Console) -> int:
     from ..use.generate import load_prompts, try_prompts
-    from ..use.load import session
+    from ..use.load import quiet_loading, session
 
     scales = _check_numbers(args)
     prompts: list[Any] = list(args.prompt) + (load_prompts(args.prompts) if args.prompts else [])
     if not prompts:
         raise SpecError(["no prompt given — use --prompt TEXT (repeatable) or --prompts FILE"])
     sources = _sources(args)
-    _quiet()
+    quiet_loading()
     with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
         for w in s.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            warn(console, w)
         records = try_prompts(s, prompts, scales, args.max_new_tokens, args.temperature, args.seed, args.system)
     if args.json:
-        from .main import emit_json
-
         for r in records:
             emit_json(r)
-        return 0
+        return EXIT_OK
     from rich.table import Table
 
     table = Table(show_lines=True, title=f"base: {s.base_label}")
@@ -124,36 +112,35 @@ def try_cmd(args: argparse.Namespace, console: Console) -> int:
         prompt = r["prompt"] if isinstance(r["prompt"], str) else r["prompt"][-1]["content"]
         table.add_row(prompt, r["base"], *[o["text"] for o in r["outputs"]])
     Console().print(table)
-    return 0
+    return EXIT_OK
 
 
 def eval_cmd(args: argparse.Namespace, console: Console) -> int:
+    from ..storage import normalize
     from ..use.evaluate import check_name, default_name, evaluate, save_results
-    from ..use.load import session
+    from ..use.load import quiet_loading, session
 
     scales = _check_numbers(args)
     name = check_name(args.name) if args.name else default_name(args.data)
     sources = _sources(args)
     data = normalize(args.data)
-    _quiet()
+    quiet_loading()
     with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
         for w in s.warnings:
-            console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+            warn(console, w)
         summary = evaluate(s, data, fmt=args.format, scales=scales, labels=args.labels, seq_len=args.seq_len,
                            batch_size=args.batch_size, max_examples=args.max_examples)
         saved, warnings = ({}, []) if args.no_save else save_results(summary, s, name)
     for w in warnings:
-        console.print(f"[yellow]warning:[/] {w}", highlight=False, soft_wrap=True)
+        warn(console, w)
     summary = {**summary, "name": name, "saved": saved}
     if args.json:
-        from .main import emit_json
-
         emit_json(summary)
-        return 0
+        return EXIT_OK
     _print_eval(summary)
     for label, uri in saved.items():
         console.print(f"{label}: results written to {uri}", highlight=False)
-    return 0
+    return EXIT_OK
 
 
 def _print_eval(summary: dict[str, Any]) -> None:
@@ -175,5 +162,3 @@ def _print_eval(summary: dict[str, Any]) -> None:
     if has_acc:
         Console().print(f"labels: {', '.join(json.dumps(x) for x in summary['labels'])}", highlight=False)
 
-
-HANDLERS = {"try": try_cmd, "eval": eval_cmd}

@@ -218,6 +218,17 @@ def open_session(uris: list[str], workdir: Path, base: str | None = None, device
     return Session(model, tokenizer, base_label, base_dir, adapters, device, warnings)
 
 
+def quiet_loading() -> None:
+    """No weight-loading progress bars or library deprecation chatter around the caller's tables."""
+    import warnings
+
+    from transformers.utils import logging
+
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    logging.disable_progress_bar()
+    logging.set_verbosity_error()
+
+
 @contextlib.contextmanager
 def session(uris: list[str], base: str | None = None, device: str = "auto", dtype: str = "auto"
             ) -> Iterator[Session]:

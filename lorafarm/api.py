@@ -1,0 +1,132 @@
+"""The public API the command line calls: run a job, check it, fetch and merge its adapter, and
+talk to the scheduler — plain arguments in, plain results out.
+
+The CLI imports this module, :mod:`lorafarm.spec`, :mod:`lorafarm.storage`,
+:mod:`lorafarm.errors`, :mod:`lorafarm.events` and the user-facing libraries
+:mod:`lorafarm.use`, :mod:`lorafarm.ops`, :mod:`lorafarm.sim` — never the worker, model,
+adapter or scheduler internals. Every heavy import (Ray, torch, transformers) happens inside
+the function that needs it (storage and pydantic too), so ``import lorafarm.api`` is cheap and
+``lorafarm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from .errors import AdapterError, JobFailed, LorafarmError
+from .events import Event, RunOutcome
+
+if TYPE_CHECKING:
+    from .spec import JobSpec
+    from .storage import Store
+
+# -- one job, in this process ------------------------------------------------------------------
+
+
+def ensure_ray() -> None:
+    """Join ``RAY_ADDRESS``'s cluster when set, else start a local one."""
+    from .worker.launch import ensure_ray as start
+
+    start()
+
+
+def run_job(spec: JobSpec, store: Store, job_id: str, on_event: Callable[[Event], None]) -> RunOutcome:
+    """Run ``spec`` to a published adapter on the current Ray cluster (``ensure_ray`` first);
+    raise :class:`JobFailed` with the reason when it fails."""
+    from .worker.launch import run_job as launch
+
+    return launch(spec, store, job_id=job_id, on_progress=on_event)
+
+
+def run_summary(job_id: str, tenant: str, ended: RunOutcome | JobFailed) -> dict[str, Any]:
+    """``lorafarm run --json``'s object: job_id, tenant, state, adapter_uri, metrics, reason."""
+    if isinstance(ended, JobFailed):
+        ended = RunOutcome.failed(ended.reason)
+    return {"job_id": job_id, "tenant": tenant, "state": str(ended.state), "adapter_uri": ended.adapter_uri,
+            "metrics": ended.metrics, "reason": ended.reason}
+
+
+def has_checkpoint(store: Store, tenant: str, job_id: str) -> bool:
+    """Whether the job left a resumable checkpoint in ``store`` (``lorafarm run --resume``)."""
+    from .worker.checkpoints import latest_checkpoint
+
+    return latest_checkpoint(store.job_uri(tenant, job_id)) is not None
+
+
+def preflight(spec: JobSpec) -> dict[str, Any]:
+    """``lorafarm validate``'s dry run: counts, steps per epoch, rough ETA; raises every problem."""
+    from .preflight import preflight as check
+
+    return check(spec)
+
+
+# -- adapters and models ---------------------------------------------------------------------
+
+
+def adapter_source(source: str, store: str | None = None, tenant: str | None = None) -> str:
+    """An adapter URI as given (a URI or a local path), or the adapter of job id ``source``:
+    asked of the scheduler when neither ``store`` nor ``tenant`` is given, else (or when no
+    scheduler is reachable) looked up in the store."""
+    from .storage import Store, normalize
+
+    if "://" in source or "/" in source or Path(source).exists():
+        return normalize(source)
+    if not store and not tenant:
+        try:
+            summary = scheduler_call("status", source)
+            if summary.get("adapter_uri"):
+                return summary["adapter_uri"]
+            raise AdapterError(f"job {source} is {summary['state']} and has no adapter — "
+                               f"pull it after it succeeds (`lorafarm status {source}`)")
+        except AdapterError:
+            raise
+        except LorafarmError:
+            pass  # no scheduler reachable: fall back to the default store
+    return Store.open(store).find_job(source, tenant) + "/adapter"
+
+
+def pull(adapter_uri: str, dest: str | Path) -> dict[str, Any]:
+    """Download an adapter, every file sha256-verified against its manifest; returns the manifest."""
+    from .adapter.save import pull as download
+
+    return download(adapter_uri, dest)
+
+
+def merge(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0) -> Path:
+    """Write ``base`` (default: the manifest's) with the adapter merged in, as a HF directory."""
+    from .adapter.merge import merge_adapter
+
+    return merge_adapter(adapter, outdir, base=base, scale=scale)
+
+
+BUILT_IN_MODELS = ("tiny-llama",)
+
+
+def export_model(name: str, directory: str | Path) -> Path:
+    """Write a built-in model (``BUILT_IN_MODELS``) as a Hugging Face directory."""
+    from .model.tiny import export
+
+    if name not in BUILT_IN_MODELS:
+        raise LorafarmError(f"{name}: no such built-in model — use one of {', '.join(BUILT_IN_MODELS)}")
+    return export(directory)
+
+
+# -- the scheduler ---------------------------------------------------------------------------
+
+
+def scheduler_call(method: str, *args: Any, timeout: float = 60.0) -> Any:
+    """Call a method of the cluster's scheduler; lorafarm errors raised inside it come back as they are."""
+    from .scheduler import client
+
+    return client.call(method, *args, timeout=timeout)
+
+
+def start_scheduler(store_uri: str, tenants_text: str | None, metrics_port: int | None,
+                    hang_timeout_s: float, reserve_cpus: float) -> bool:
+    """Start the cluster's scheduler; False when one is already running."""
+    from .scheduler import client
+
+    _, created = client.serve(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
+    return created

@@ -1,0 +1,136 @@
+"""Commands on one job that need no scheduler: ``run``, ``validate``, ``schema``, ``pull``,
+``merge``, ``models export``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from rich.console import Console
+
+from .. import api
+from .args import STORE_HELP, add_spec_args
+from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("run", help="run one job on the current (or a local) Ray cluster")
+    add_spec_args(p)
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--resume", metavar="JOB_ID", help="continue that job from its latest checkpoint (the same spec; "
+                   "resources, zero.stage and micro_batch_size may change)")
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p.set_defaults(handler=run)
+
+    p = sub.add_parser("validate", help="check a spec and its data/model without training (exit 0 or 2)")
+    add_spec_args(p)
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=validate)
+
+    sub.add_parser("schema", help="print the job spec's JSON schema").set_defaults(handler=schema)
+
+    p = sub.add_parser("pull", help="download a verified adapter")
+    p.add_argument("source", help="adapter URI, or a job id with --store/--tenant")
+    p.add_argument("dest", help="local directory")
+    p.add_argument("--store")
+    p.add_argument("--tenant")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(handler=pull)
+
+    p = sub.add_parser("merge", help="write the base model with the adapter merged in (HF directory)")
+    p.add_argument("adapter", help="adapter URI or local directory")
+    p.add_argument("outdir")
+    p.add_argument("--base", help="base model directory (default: the manifest's base_model)")
+    p.add_argument("--scale", type=float, default=1.0, help="adapter strength (multiplies alpha/r)")
+    p.set_defaults(handler=merge)
+
+    p = sub.add_parser("models", help="built-in models")
+    models = p.add_subparsers(dest="models_command", required=True, parser_class=Parser)
+    e = models.add_parser("export", help="write a built-in model as a Hugging Face directory")
+    e.add_argument("name", choices=list(api.BUILT_IN_MODELS))
+    e.add_argument("dir")
+    e.set_defaults(handler=export_model)
+
+
+def run(args: argparse.Namespace, console: Console) -> int:
+    from ..errors import JobFailed, SpecError
+    from ..spec import load_spec
+    from ..storage import Store, new_job_id
+    from .paths import absolutize_local_paths
+    from .progress import JobProgress
+
+    spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
+    store = Store.open(args.store)
+    job_id = args.resume or new_job_id(spec.name)
+    if args.resume and not api.has_checkpoint(store, spec.tenant, job_id):
+        raise SpecError([f"--resume: job {job_id!r} of tenant {spec.tenant!r} has no checkpoint in {store.root} — "
+                         "check the job id and --store (checkpoints are under <store>/<tenant>/<job-id>/checkpoints/)"])
+    api.ensure_ray()
+    if not args.json:
+        console.print(f"store: {store.root}  job: {job_id}", highlight=False)
+    try:
+        with JobProgress(console, enabled=not args.json) as progress:
+            outcome = api.run_job(spec, store, job_id, on_event=progress)
+    except JobFailed as e:
+        console.print(f"[red]job failed:[/] {e.reason}", highlight=False, soft_wrap=True)
+        if api.has_checkpoint(store, spec.tenant, job_id):
+            console.print(f"continue from its latest checkpoint: lorafarm run {args.spec} --resume {job_id}",
+                          highlight=False, soft_wrap=True)
+        if args.json:
+            emit_json(api.run_summary(job_id, spec.tenant, e))
+        return EXIT_FAILED
+    m = outcome.metrics
+    console.print(
+        f"[green]succeeded[/] {job_id}: {m['steps']} steps, train loss {m['final_train_loss']:.4f}"
+        + (f", eval loss {m['initial_eval_loss']:.4f} → {m['final_eval_loss']:.4f}" if m.get("final_eval_loss") else "")
+        + f", {m['trainable_params']:,} trainable params, optimizer state {m['optimizer_state_bytes']:,} B",
+        highlight=False,
+    )
+    if args.json:
+        emit_json(api.run_summary(job_id, spec.tenant, outcome))
+    else:
+        print(outcome.adapter_uri)
+    return EXIT_OK
+
+
+def validate(args: argparse.Namespace, console: Console) -> int:
+    from ..spec import load_spec
+
+    report = api.preflight(load_spec(args.spec, args.overrides))
+    if args.json:
+        emit_json(report)
+    else:
+        for key, value in report.items():
+            console.print(f"{key}: {value}", highlight=False)
+        console.print("[green]ok:[/] the spec is runnable")
+    return EXIT_OK
+
+
+def schema(args: argparse.Namespace, console: Console) -> int:
+    from ..spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return EXIT_OK
+
+
+def pull(args: argparse.Namespace, console: Console) -> int:
+    uri = api.adapter_source(args.source, args.store, args.tenant)
+    manifest = api.pull(uri, args.dest)
+    if args.json:
+        emit_json({"adapter_uri": uri, "dest": str(Path(args.dest).resolve()), "files": manifest["files"]})
+    else:
+        console.print(f"pulled {uri} → {args.dest} ({len(manifest['files'])} files, sha256 verified)")
+    return EXIT_OK
+
+
+def merge(args: argparse.Namespace, console: Console) -> int:
+    out = api.merge(args.adapter, args.outdir, base=args.base, scale=args.scale)
+    console.print(f"merged model written to {out}")
+    return EXIT_OK
+
+
+def export_model(args: argparse.Namespace, console: Console) -> int:
+    out = api.export_model(args.name, args.dir)
+    console.print(f"wrote {args.name} to {out}")
+    return EXIT_OK

@@ -1,0 +1,65 @@
+"""How every command ends: exit codes, the ``--json`` line, and errors as one line each.
+
+No Python traceback reaches a user (set ``LORAFARM_DEBUG=1`` to see one). Every command
+module imports what it needs from here; this module imports no command.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+from rich.console import Console
+
+from ..errors import LorafarmError, SpecError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_CANCELLED = 0, 1, 2, 3
+EXIT_INTERRUPTED = 130
+
+Handler = Callable[[argparse.Namespace, Console], int]
+
+
+class Parser(argparse.ArgumentParser):
+    """Usage errors exit 2 and name the help to read."""
+
+    def error(self, message: str) -> None:
+        self.print_usage(sys.stderr)
+        sys.stderr.write(f"lorafarm: error: {message} — see `lorafarm {self.prog.split()[-1]} --help`\n")
+        sys.exit(EXIT_USAGE)
+
+
+def emit_json(obj: Any) -> None:
+    """One JSON object as one stdout line (``--json``: scripts read the last line)."""
+    sys.stdout.write(json.dumps(obj, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def warn(console: Console, message: str) -> None:
+    console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+
+
+def run_command(handler: Handler, args: argparse.Namespace, console: Console) -> int:
+    """Run one command; map what it raises to a message and an exit code."""
+    try:
+        return int(handler(args, console) or EXIT_OK)
+    except SpecError as e:
+        for line in e.problems:
+            console.print(f"[red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+        return EXIT_USAGE
+    except LorafarmError as e:
+        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except KeyboardInterrupt:
+        console.print("[yellow]interrupted")
+        return EXIT_INTERRUPTED
+    except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only on request
+        if os.environ.get("LORAFARM_DEBUG"):
+            traceback.print_exc()
+        console.print(f"[red]error:[/] unexpected {type(e).__name__}: {e} (set LORAFARM_DEBUG=1 for a traceback)",
+                      highlight=False, soft_wrap=True)
+        return EXIT_FAILED
