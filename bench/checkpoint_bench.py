@@ -27,7 +27,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from lorafarm.storage import join, read_bytes, write_bytes  # noqa: E402
-from lorafarm.worker.checkpoint import _load_tensors, _save_tensors  # noqa: E402
+from lorafarm.worker.zero_state import load_tensors, save_tensors  # noqa: E402
 
 
 def lora_shapes_8b(r: int = 16) -> dict[str, tuple[int, int]]:
@@ -62,7 +62,7 @@ def measure(shapes: dict[str, tuple[int, int]], store: Path, repeats: int) -> di
     for i in range(repeats):
         uri = join(str(store), f"step-{i}")
         t0 = time.perf_counter()
-        blobs = {"weights.safetensors": _save_tensors(weights), "optimizer.safetensors": _save_tensors(moments)}
+        blobs = {"weights.safetensors": save_tensors(weights), "optimizer.safetensors": save_tensors(moments)}
         for name, data in blobs.items():
             write_bytes(join(uri, name), data)
         marker = {n: hashlib.sha256(d).hexdigest() for n, d in blobs.items()}
@@ -73,7 +73,7 @@ def measure(shapes: dict[str, tuple[int, int]], store: Path, repeats: int) -> di
         for name, digest in marker.items():
             data = read_bytes(join(uri, name))
             assert hashlib.sha256(data).hexdigest() == digest
-            _load_tensors(data)
+            load_tensors(data)
         loads.append(time.perf_counter() - t0)
     return {"trainable_params": params, "checkpoint_bytes": size, "bytes_per_param": size / params,
             "save_s_median": statistics.median(saves), "load_s_median": statistics.median(loads),

@@ -179,23 +179,24 @@ class Timer:
 
 class LorafarmContender:
     def __init__(self, cfg: dict[str, Any], spec, rows: Rows):
+        from lorafarm.events import Step
         from lorafarm.worker.recipe import LoraRecipe, WorkerConfig
 
-        wc = WorkerConfig(spec=cfg["spec"], job_id="bench", adapter_uri="unused", job_uri="unused",
+        wc = WorkerConfig(spec=spec, job_id="bench", adapter_uri="unused", job_uri="unused",
                           train_rows_uri=cfg["rows_uri"], eval_rows_uri=None, data_stats={},
                           dataset_fingerprint="bench")
         self.rows = rows
         self.recipe = LoraRecipe(wc, cfg["rank"], cfg["world"])
         self.recipe.setup()
         self.timer: Timer | None = None
-        report = self.recipe._report
+        record_step = self.recipe.record_step
 
-        def timed_report(record: dict[str, Any]) -> None:
-            report(record)
+        def timed_record_step(step: Step) -> None:
+            record_step(step)
             if self.timer is not None:
                 self.timer.mark()
 
-        self.recipe._report = timed_report  # the recipe's own per-step hook, called after every step
+        self.recipe.record_step = timed_record_step  # the recipe's own per-step hook, called after every step
 
     def run(self, steps: int, timer: Timer) -> None:
         self.timer = timer

@@ -20,19 +20,18 @@ def main() -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(args["port"]), RANK=str(rank),
                       WORLD_SIZE=str(world), LOCAL_RANK=str(rank))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    from lorafarm.spec import validate_spec
     from lorafarm.worker.recipe import LoraRecipe, WorkerConfig
 
-    recipe = LoraRecipe(WorkerConfig(**args["config"]), rank, world)
+    config = args["config"]
+    recipe = LoraRecipe(WorkerConfig(**{**config, "spec": validate_spec(config["spec"])}), rank, world)
     stop_after = args.get("stop_after", 0)
     recipe.stop_requested = lambda: bool(stop_after) and len(recipe.history) + 1 >= stop_after
     nan_at = args.get("nan_at_step", 0)
     if nan_at:  # fault injection: every micro batch of that step yields a NaN loss
         real = recipe._token_loss_sum
         recipe._token_loss_sum = lambda inputs: real(inputs) * (float("nan") if len(recipe.history) + 1 == nan_at else 1.0)
-    recipe.setup()
-    recipe.train()
-    manifest = None if recipe.preempted_at is not None else recipe.export()
-    dist.barrier()
+    manifest = recipe.run()
     print(json.dumps({"rank": rank, "resumed_from": recipe.resumed_from, "preempted_at": recipe.preempted_at,
                       "published": manifest is not None, "checkpoints": recipe.checkpoints,
                       "skipped_steps": recipe.skipped_steps,

@@ -5,29 +5,24 @@ stage; the final adapters equal an uninterrupted run's."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 from lorafarm.data import prepare
 from lorafarm.model import resolve_base
 from lorafarm.spec import validate_spec
 from lorafarm.storage import Store
-from lorafarm.worker.checkpoint import MARKER, latest_checkpoint, list_checkpoints
+from lorafarm.worker.checkpoints import MARKER, latest_checkpoint, list_checkpoints
 
 HERE = Path(__file__).parent
 ROOT = HERE.parent
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _spec(**training):
@@ -53,7 +48,7 @@ def _run(tmp: Path, spec, job_id: str, world: int, stage: int | str = "auto", st
         "job_uri": job_uri, "train_rows_uri": prepared.train_uri, "eval_rows_uri": prepared.eval_uri,
         "data_stats": prepared.stats, "dataset_fingerprint": prepared.fingerprint,
     }
-    port = _free_port()
+    port = free_port()
     procs = []
     for rank in range(world):
         arg = tmp / f"{job_id}-{rank}.json"
@@ -155,15 +150,17 @@ def test_resume_under_a_changed_spec_is_refused_naming_the_fix(tmp_path):
         "import torch.distributed as dist\n"
         "dist.init_process_group('gloo', rank=0, world_size=1)\n"
         "from lorafarm.errors import TrainingError\n"
+        "from lorafarm.spec import validate_spec\n"
         "from lorafarm.worker.recipe import LoraRecipe, WorkerConfig\n"
-        "r = LoraRecipe(WorkerConfig(**json.loads(sys.argv[2])), 0, 1)\n"
+        "c = json.loads(sys.argv[2])\n"
+        "r = LoraRecipe(WorkerConfig(**{**c, 'spec': validate_spec(c['spec'])}), 0, 1)\n"
         "try:\n    r.setup()\nexcept TrainingError as e:\n    print('REFUSED', e)\n"
     )
     config = {"spec": spec.model_dump(mode="json"), "job_id": "changed",
               "adapter_uri": store.adapter_uri("t", "changed"), "job_uri": store.job_uri("t", "changed"),
               "train_rows_uri": prepared.train_uri, "eval_rows_uri": prepared.eval_uri,
               "data_stats": prepared.stats, "dataset_fingerprint": prepared.fingerprint}
-    out = subprocess.run([sys.executable, "-c", code, str(_free_port()), json.dumps(config)],
+    out = subprocess.run([sys.executable, "-c", code, str(free_port()), json.dumps(config)],
                          capture_output=True, text=True, timeout=300)
     assert "REFUSED" in out.stdout and "different spec" in out.stdout, out.stderr[-3000:]
 

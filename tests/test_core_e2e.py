@@ -11,6 +11,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from lorafarm.events import DataReady, Event, RunOutcome, Step
 from lorafarm.spec import validate_spec
 from lorafarm.storage import Store, read_manifest
 from lorafarm.worker.launch import run_job
@@ -39,7 +40,7 @@ def small_spec(**over) -> dict:
     return spec
 
 
-def adapter_tensors(result) -> dict[str, torch.Tensor]:
+def adapter_tensors(result: RunOutcome) -> dict[str, torch.Tensor]:
     return load_file(str(Path(result.adapter_uri) / "adapter_model.safetensors"))
 
 
@@ -49,8 +50,9 @@ def rel_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
 
 
 @pytest.fixture(scope="module")
-def runs(ray_session, tmp_path_factory):
-    """The same spec on 1 worker/ZeRO-0, 2 workers/ZeRO-2 and 2 workers/ZeRO-3, plus another seed."""
+def runs(ray_session, tmp_path_factory) -> dict[str, tuple[RunOutcome, list[Event]]]:
+    """The same spec on 1 worker/ZeRO-0, 2 workers/ZeRO-2 and 2 workers/ZeRO-3, plus another seed:
+    each run's outcome and the events it reported."""
     store = Store.open(str(tmp_path_factory.mktemp("store")))
     out = {}
     for key, over in {
@@ -59,30 +61,34 @@ def runs(ray_session, tmp_path_factory):
         "w2z3": {"zero.stage": 3, "resources.workers": 2},
         "seed": {"training.seed": 8},
     }.items():
-        events: list[dict] = []
-        out[key] = run_job(validate_spec(small_spec(**over)), store, on_progress=events.append)
-        out[key].events = events
+        events: list[Event] = []
+        out[key] = run_job(validate_spec(small_spec(**over)), store, on_progress=events.append), events
     return out
 
 
-def test_same_adapter_on_one_or_two_workers_and_every_zero_stage(runs):
-    base = adapter_tensors(runs["w1z0"])
-    assert rel_diff(adapter_tensors(runs["w2z2"]), base) < 1e-4
-    assert rel_diff(adapter_tensors(runs["w2z3"]), base) < 1e-3
+@pytest.fixture(scope="module")
+def outcomes(runs) -> dict[str, RunOutcome]:
+    return {key: outcome for key, (outcome, _) in runs.items()}
+
+
+def test_same_adapter_on_one_or_two_workers_and_every_zero_stage(outcomes):
+    base = adapter_tensors(outcomes["w1z0"])
+    assert rel_diff(adapter_tensors(outcomes["w2z2"]), base) < 1e-4
+    assert rel_diff(adapter_tensors(outcomes["w2z3"]), base) < 1e-3
     # the check can fail: a different data order/init gives an O(1) difference
-    assert rel_diff(adapter_tensors(runs["seed"]), base) > 0.05
+    assert rel_diff(adapter_tensors(outcomes["seed"]), base) > 0.05
 
 
-def test_losses_agree_across_world_sizes(runs):
-    a, b = runs["w1z0"].manifest["metrics"], runs["w2z2"].manifest["metrics"]
+def test_losses_agree_across_world_sizes(outcomes):
+    a, b = outcomes["w1z0"].manifest["metrics"], outcomes["w2z2"].manifest["metrics"]
     assert a["final_train_loss"] == pytest.approx(b["final_train_loss"], rel=1e-4)
     assert a["final_eval_loss"] == pytest.approx(b["final_eval_loss"], rel=1e-4)
     assert a["tokens_seen"] == b["tokens_seen"] > 0
 
 
-def test_optimizer_state_is_lora_only(runs):
+def test_optimizer_state_is_lora_only(outcomes):
     for key in ("w1z0", "w2z2", "w2z3"):
-        m = runs[key].manifest["metrics"]
+        m = outcomes[key].manifest["metrics"]
         # r=4 on q_proj (128→128) and v_proj (128→64) in 4 layers
         lora = 4 * (4 * (128 + 128) + 4 * (128 + 64))
         assert m["trainable_params"] == lora
@@ -92,7 +98,8 @@ def test_optimizer_state_is_lora_only(runs):
 
 
 def test_manifest_lists_sha256s_and_run_facts(runs):
-    r = runs["w2z3"]
+    r, events = runs["w2z3"]
+    assert r.state == "SUCCEEDED" and r.adapter_bytes > 0
     manifest = read_manifest(r.adapter_uri, verify=True)
     assert set(manifest["files"]) == {"adapter_config.json", "adapter_model.safetensors"}
     assert manifest["world_size"] == 2 and manifest["zero_stage"] == 3
@@ -100,18 +107,18 @@ def test_manifest_lists_sha256s_and_run_facts(runs):
     assert manifest["dataset_fingerprint"]
     for key in ("torch", "deepspeed", "transformers", "peft", "ray"):
         assert manifest["versions"][key]
-    steps = [e for e in r.events if e["kind"] == "step"]
-    assert [e["step"] for e in steps] == [1, 2, 3, 4]
-    assert all(e["tokens_per_s"] > 0 and e["lr"] > 0 for e in steps)
+    steps = [e for e in events if isinstance(e, Step)]
+    assert [e.step for e in steps] == [1, 2, 3, 4]
+    assert all(e.tokens_per_s > 0 and e.lr > 0 for e in steps)
 
 
 def test_second_job_on_same_data_hits_the_tokenization_cache(runs):
-    first = [e for e in runs["w1z0"].events if e["kind"] == "data"][0]
-    later = [e for e in runs["w2z2"].events if e["kind"] == "data"][0]
-    assert later["cache_hit"] and later["stats"] == first["stats"]
+    first = next(e for e in runs["w1z0"][1] if isinstance(e, DataReady))
+    later = next(e for e in runs["w2z2"][1] if isinstance(e, DataReady))
+    assert later.cache_hit and later.stats == first.stats
 
 
-def test_published_adapter_loads_with_peft_and_matches_a_manual_merge(runs, tmp_path):
+def test_published_adapter_loads_with_peft_and_matches_a_manual_merge(outcomes, tmp_path):
     """PeftModel.from_pretrained on the exported base == base weights + scale·B·A by hand."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -119,7 +126,7 @@ def test_published_adapter_loads_with_peft_and_matches_a_manual_merge(runs, tmp_
     from lorafarm.model.tiny import export
 
     base_dir = export(tmp_path / "base")
-    adapter = Path(runs["w2z2"].adapter_uri)
+    adapter = Path(outcomes["w2z2"].adapter_uri)
     peft_model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), str(adapter)).eval()
     manual = AutoModelForCausalLM.from_pretrained(base_dir).eval()
     tensors = load_file(str(adapter / "adapter_model.safetensors"))

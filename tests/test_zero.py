@@ -4,12 +4,12 @@ one process per rank over gloo)."""
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from helpers import free_port
 
 from lorafarm.spec import validate_spec
 from lorafarm.zero import ds_config
@@ -19,14 +19,8 @@ HERE = Path(__file__).parent
 LORA = 4 * (8 * (128 + 128) + 8 * (128 + 64) + 8 * (128 + 64) + 8 * (128 + 128))  # r=8 on q,k,v,o × 4 layers
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ranks(world: int, stage: int) -> list[dict]:
-    port = _free_port()
+    port = free_port()
     procs = [subprocess.Popen([sys.executable, str(HERE / "zero_probe.py"), str(r), str(world), str(stage), str(port)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
     out = []
