@@ -3,13 +3,14 @@ sharding, Ray Data tokenization with a cache in the store."""
 
 from .collate import collate, count_label_tokens
 from .formats import IGNORE, Encoded, encode
+from .labels import LabelReport, check_labels
 from .packing import to_rows
 from .pipeline import Prepared, cache_key, load_rows, prepare
 from .read import BadRowReport, check_row, fingerprint, list_files, read_examples
 from .shard import epoch_order, global_batch, micro_batches, steps_per_epoch, worker_slice
 
 __all__ = [
-    "IGNORE", "BadRowReport", "Encoded", "Prepared", "cache_key", "check_row", "collate", "count_label_tokens",
+    "IGNORE", "BadRowReport", "Encoded", "LabelReport", "Prepared", "cache_key", "check_labels", "check_row", "collate", "count_label_tokens",
     "encode", "epoch_order", "fingerprint", "global_batch", "list_files", "load_rows", "micro_batches", "prepare",
     "read_examples", "steps_per_epoch", "to_rows", "worker_slice",
 ]

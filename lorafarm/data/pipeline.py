@@ -24,10 +24,13 @@ from ..errors import DataError
 from ..spec import JobSpec
 from ..storage import Store, exists, join, read_bytes, write_bytes
 from .formats import FORMAT_VERSION, encode
+from .labels import LabelReport
 from .packing import to_rows
 from .read import _reason, fingerprint, read_examples
 
 LOCAL_BELOW_EXAMPLES = 2000  # tokenize in-process below this many examples
+NAMED_IN_STATS = 20  # rows that lose every label, named in stats.json
+UNMASKABLE = "the chat template cannot be masked"
 
 ROW_SCHEMA = pa.schema([
     ("input_ids", pa.list_(pa.int32())),
@@ -102,15 +105,24 @@ def prepare(spec: JobSpec, tokenizer_dir: str, store: Store, *, parallel: bool =
     seq_len = spec.training.seq_len
     train_enc = encode_all(examples, d.format, tokenizer_dir, seq_len)
     eval_enc = encode_all(eval_examples, d.format, tokenizer_dir, seq_len)
+    labels = _label_report(examples, train_enc, spec)
+    eval_labels = _label_report(eval_examples, eval_enc, spec)
+    problems = labels.problems()
+    if eval_labels.unusable and d.on_bad_rows == "error":  # an eval set that trains on nothing is only left out
+        problems.append(f"dataset (eval): {eval_labels.unusable[0]} (or set dataset.on_bad_rows: skip)")
+    if problems:
+        raise DataError("\n".join(problems))
     kept = [(e["input_ids"], e["labels"]) for e in train_enc if e["n_labels"] > 0]
     eval_kept = [(e["input_ids"], e["labels"]) for e in eval_enc if e["n_labels"] > 0]
     rows = to_rows(kept, seq_len, spec.training.packing)
     eval_rows = to_rows(eval_kept, seq_len, spec.training.packing)
     stats = {
         "examples": len(examples),
-        "skipped_bad_rows": bad.skipped,
-        "bad_row_problems": dict(bad.problems),
-        "all_masked_dropped": len(train_enc) - len(kept),
+        "skipped_bad_rows": bad.skipped + len(labels.unusable),
+        "bad_row_problems": dict(bad.problems) | ({UNMASKABLE: len(labels.unusable)} if labels.unusable else {}),
+        "all_masked_dropped": len(labels.rows()),
+        "all_masked_rows": labels.rows()[:NAMED_IN_STATS],
+        "warnings": labels.warnings(),
         "truncated": sum(1 for e in train_enc if e["truncated"]),
         "tokens": sum(len(e[0]) for e in kept),
         "label_tokens": sum(r["n_labels"] for r in rows),
@@ -153,8 +165,19 @@ def _tokenizer(tokenizer_dir: str):
 
 
 def _encode_one(example: dict[str, Any], fmt: str, tokenizer_dir: str, seq_len: int) -> dict[str, Any]:
-    enc = encode(example, fmt, _tokenizer(tokenizer_dir), seq_len)
+    """The encoded example, or (a row a chat template cannot mask) an empty one with its ``problem``."""
+    try:
+        enc = encode(example, fmt, _tokenizer(tokenizer_dir), seq_len)
+    except DataError as e:
+        return {"input_ids": [], "labels": [], "truncated": False, "n_labels": 0, "problem": str(e)}
     return {"input_ids": enc.input_ids, "labels": enc.labels, "truncated": enc.truncated, "n_labels": enc.n_labels}
+
+
+def _label_report(examples: list[dict[str, Any]], encoded: list[dict[str, Any]], spec: JobSpec) -> LabelReport:
+    report = LabelReport(len(examples), spec.training.seq_len, spec.dataset.on_bad_rows)
+    for example, e in zip(examples, encoded, strict=True):
+        report.add(example["source_row"], len(e["input_ids"]), e["n_labels"], e["truncated"], e.get("problem"))
+    return report
 
 
 def _encode_local(examples, fmt, tokenizer_dir, seq_len):
