@@ -123,6 +123,12 @@ def scheduler_call(method: str, *args: Any, timeout: float = 60.0) -> Any:
     return client.call(method, *args, timeout=timeout)
 
 
+def submit(spec: JobSpec) -> dict[str, Any]:
+    """Queue ``spec`` with the scheduler; returns the job's summary (``job_id`` ...). The spec
+    travels in its JSON form: the scheduler validates whatever it is sent (a trust boundary)."""
+    return scheduler_call("submit", spec.model_dump(mode="json"))
+
+
 def start_scheduler(store_uri: str, tenants_text: str | None, metrics_port: int | None,
                     hang_timeout_s: float, reserve_cpus: float) -> bool:
     """Start the cluster's scheduler; False when one is already running."""

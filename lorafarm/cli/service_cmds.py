@@ -83,7 +83,7 @@ def submit(args: argparse.Namespace, console: Console) -> int:
     from .paths import absolutize_local_paths
 
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
-    summary = api.scheduler_call("submit", spec.model_dump(mode="json"))
+    summary = api.submit(spec)
     job_id = summary["job_id"]
     if not args.wait:
         if args.json:
