@@ -6,7 +6,7 @@ import os
 from typing import Any
 
 from ..errors import LorafarmError
-from .service import NAMESPACE, SCHEDULER_NAME
+from .names import NAMESPACE, SCHEDULER_NAME
 
 
 def connect() -> None:

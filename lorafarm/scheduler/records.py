@@ -12,18 +12,14 @@ JOBS_DIR = "_jobs"
 
 
 class RecordStore:
+    """One JSON file per job, rewritten whole on every change (the scheduler is the only writer)."""
+
     def __init__(self, store: Store):
         self.store = store
         self.root = join(store.root, JOBS_DIR)
 
     def save(self, record: JobRecord) -> None:
         write_bytes(join(self.root, f"{record.job_id}.json"), record.model_dump_json().encode())
-
-    def append_log(self, job_id: str, lines: list[str]) -> None:
-        fs, path = filesystem(join(self.root, f"{job_id}.log"))
-        fs.makedirs(path.rsplit("/", 1)[0], exist_ok=True)
-        with fs.open(path, "ab" if fs.protocol in ("file", ("file", "local")) else "wb") as f:
-            f.write("".join(line.rstrip("\n") + "\n" for line in lines).encode())
 
     def load_all(self) -> list[JobRecord]:
         fs, path = filesystem(self.root)

@@ -1,6 +1,7 @@
 """Job states and records: one ``str`` enum, typed events, one writer (the scheduler).
 
-A record never leaves a terminal state: :meth:`JobRecord.transition` refuses it.
+A record never leaves a terminal state: :meth:`JobRecord.transition` refuses it. Times come
+from the caller (the scheduler's clock), never from here, so a fake clock drives every record.
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, Field
+
+from ..policy import JobRequest, RunningJob
 
 
 class JobState(StrEnum):
@@ -28,12 +31,10 @@ class EventKind(StrEnum):
     SUBMITTED = "submitted"
     STATE = "state"
     STARTED = "started"
-    PROGRESS = "progress"
     FAILURE = "failure"
     RECOVERED = "recovered"
     CANCEL_REQUESTED = "cancel_requested"
     RESUMED = "resumed"
-    CHECKPOINT = "checkpoint"
     PREEMPTING = "preempting"
     PREEMPTED = "preempted"
 
@@ -74,11 +75,17 @@ class JobRecord(BaseModel):
     last_checkpoint_step: int | None = None
     events: list[JobEvent] = Field(default_factory=list)
 
-    def transition(self, new: JobState, kind: EventKind = EventKind.STATE, message: str = "",
-                   now: float | None = None) -> None:
+    @property
+    def cpus(self) -> float:
+        return self.workers * self.cpus_per_worker
+
+    @property
+    def gpus(self) -> float:
+        return self.workers * self.gpus_per_worker
+
+    def transition(self, new: JobState, now: float, kind: EventKind = EventKind.STATE, message: str = "") -> None:
         if self.state.is_terminal():
             raise IllegalTransition(f"job {self.job_id} is {self.state.value}; terminal states never change")
-        now = time.time() if now is None else now
         self.state = new
         if new is JobState.RUNNING:
             self.started_at = now
@@ -86,8 +93,21 @@ class JobRecord(BaseModel):
             self.ended_at = now
         self.events.append(JobEvent(time=now, state=new, kind=kind, message=message))
 
-    def note(self, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
-        self.events.append(JobEvent(time=time.time(), state=self.state, kind=kind, message=message, data=data or {}))
+    def note(self, now: float, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
+        self.events.append(JobEvent(time=now, state=self.state, kind=kind, message=message, data=data or {}))
+
+    def request(self) -> JobRequest:
+        """The job as the policy sees it while queued."""
+        return JobRequest(job_id=self.job_id, tenant=self.tenant, workers=self.workers,
+                          cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
+                          priority=self.priority, submitted_at=self.submitted_at)
+
+    def running(self, now: float) -> RunningJob:
+        """The job as the policy sees it while it holds resources."""
+        return RunningJob(job_id=self.job_id, tenant=self.tenant, workers=self.workers,
+                          cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
+                          priority=self.priority, submitted_at=self.submitted_at,
+                          started_at=self.started_at or now)
 
     def summary(self) -> dict[str, Any]:
         """The ``status --json`` object."""

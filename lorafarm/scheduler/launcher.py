@@ -1,0 +1,65 @@
+"""The Ray launcher: one :class:`~lorafarm.scheduler.runner.Runner` actor per running job,
+named ``RUNNER_PREFIX + job_id`` so that a restarted scheduler can find and stop leftovers."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import ray
+
+from ..events import RunOutcome
+from ..spec import JobSpec
+from .names import NAMESPACE, RUNNER_PREFIX
+from .runner import Runner, remove_placement_groups
+
+
+class RayLauncher:
+    def __init__(self, scheduler_handle: Any):
+        self.scheduler_handle = scheduler_handle  # where runners report events
+        self._runs: dict[str, tuple[Any, Any]] = {}  # job id -> (runner actor, ref of its run())
+        self._lock = threading.Lock()  # cancel (an API thread) and the admission loop both use it
+
+    def start(self, job_id: str, spec: JobSpec, store_root: str) -> None:
+        runner = Runner.options(name=RUNNER_PREFIX + job_id, namespace=NAMESPACE).remote()
+        ref = runner.run.remote(spec, store_root, job_id, self.scheduler_handle)
+        with self._lock:
+            self._runs[job_id] = (runner, ref)
+
+    def poll(self, job_id: str) -> RunOutcome | None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is None:
+            return None
+        ready, _ = ray.wait([run[1]], timeout=0)
+        if not ready:
+            return None
+        with self._lock:
+            self._runs.pop(job_id, None)
+        try:
+            return ray.get(run[1])
+        except Exception as e:  # noqa: BLE001 - the runner died (crash, OOM, killed)
+            first = str(e).splitlines()[0] if str(e) else ""
+            return RunOutcome.failed(f"runner died: {type(e).__name__}: {first}")
+
+    def preempt(self, job_id: str) -> None:
+        with self._lock:
+            run = self._runs.get(job_id)
+        if run is not None:
+            run[0].preempt.remote()
+
+    def kill(self, job_id: str) -> bool:
+        with self._lock:
+            run = self._runs.pop(job_id, None)
+        if run is not None:
+            ray.kill(run[0], no_restart=True)
+        return run is not None
+
+    def kill_leftover(self, job_id: str) -> None:
+        try:
+            ray.kill(ray.get_actor(RUNNER_PREFIX + job_id, namespace=NAMESPACE), no_restart=True)
+        except ValueError:
+            pass  # no leaked runner
+
+    def release(self, placement_groups: list[str]) -> None:
+        remove_placement_groups(placement_groups)
