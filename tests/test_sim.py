@@ -311,11 +311,12 @@ def test_cli_bad_input_exits_2_with_the_fix(tmp_path, capsys):
 # -- the simulator and the live scheduler decide alike ----------------------------------------
 
 
-def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path, monkeypatch):
+def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path):
     """Record every (queue, running, cluster, clock) snapshot the simulator hands the policy, then
-    give each snapshot to the scheduler's own admission path (SchedulerCore._admit, Ray stubbed
-    out: capacity from the snapshot, runners not started) and compare what each starts."""
-    service = pytest.importorskip("lorafarm.scheduler.service")
+    give each snapshot to the scheduler's own core (fake clock, launcher and capacity: no Ray) and
+    compare what each starts."""
+    from scheduler_fakes import FakeCapacity, FakeClock, FakeLauncher, make_core, spec
+
     from lorafarm.scheduler.state import JobRecord, JobState
 
     snapshots = []
@@ -331,25 +332,15 @@ def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path, monkeypa
     Simulator(jobs, ClusterSpec(16), tenants, recording, estimates=False).run()
     assert len(snapshots) > 20
 
-    core = service.SchedulerCore(str(tmp_path / "store"), tenants_text)
-    started: list[str] = []
-    monkeypatch.setattr(core, "_start", lambda record: started.append(record.job_id))
-    clock = {"now": 0.0}
-    monkeypatch.setattr(service.time, "time", lambda: clock["now"])
-    for queued, running, cluster, now, sim_start in snapshots:
-        monkeypatch.setattr(core, "_capacity", lambda c=cluster: {"cpus": c.total_cpus, "gpus": c.total_gpus})
-        clock["now"] = now
-        core.jobs = {}
-        for q in queued:
-            core.jobs[q.job_id] = JobRecord(job_id=q.job_id, tenant=q.tenant, name=q.job_id, spec={},
-                                            priority=q.priority, workers=q.workers, cpus_per_worker=q.cpus_per_worker,
-                                            gpus_per_worker=q.gpus_per_worker, submitted_at=q.submitted_at,
-                                            state=JobState.QUEUED)
-        for r in running:
-            core.jobs[r.job_id] = JobRecord(job_id=r.job_id, tenant=r.tenant, name=r.job_id, spec={},
-                                            priority=r.priority, workers=r.workers, cpus_per_worker=r.cpus_per_worker,
-                                            gpus_per_worker=r.gpus_per_worker, submitted_at=r.submitted_at,
-                                            state=JobState.RUNNING, started_at=r.started_at)
-        started.clear()
-        core._admit()
-        assert tuple(started) == sim_start, f"at t={now}: scheduler {started} vs simulator {list(sim_start)}"
+    runnable = spec()  # what the core hands the launcher; the gang sizes below are what the policy sees
+    for i, (queued, running, cluster, now, sim_start) in enumerate(snapshots):
+        launcher = FakeLauncher()
+        core = make_core(tmp_path / f"store-{i}", tenants_text, FakeClock(now), launcher,
+                         FakeCapacity(cpus=cluster.total_cpus, gpus=cluster.total_gpus))
+        for job, state in [(q, JobState.QUEUED) for q in queued] + [(r, JobState.RUNNING) for r in running]:
+            core.jobs[job.job_id] = JobRecord(
+                job_id=job.job_id, tenant=job.tenant, name=job.job_id, spec=runnable, priority=job.priority,
+                workers=job.workers, cpus_per_worker=job.cpus_per_worker, gpus_per_worker=job.gpus_per_worker,
+                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None))
+        core.tick()
+        assert tuple(launcher.started) == sim_start, f"at t={now}: scheduler {launcher.started} vs simulator {sim_start}"
