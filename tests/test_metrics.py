@@ -76,22 +76,19 @@ def test_gpu_series_only_when_the_event_carries_them():
     assert not [n for n, lab, _ in _samples(m) if lab.get("job_id") == "gpu-job"]
 
 
-def test_scheduler_report_feeds_metrics_and_progress_with_gpu_fields():
+def test_scheduler_report_feeds_metrics_and_progress_with_gpu_fields(tmp_path):
     """SchedulerCore.report() keeps the GPU fields in the job's progress (for `top`)."""
-    from lorafarm.scheduler.service import SchedulerCore
-    from lorafarm.scheduler.state import JobRecord, JobState
+    from scheduler_fakes import make_core, spec
 
-    core = SchedulerCore.__new__(SchedulerCore)  # no store, no Ray: only what report() touches
-    import collections
-    import threading
+    from lorafarm.events import Step
 
-    core.lock, core.metrics, core.tokens_reported, core.last_progress = threading.RLock(), Metrics(), {}, {}
-    core.logs = {"j-1": collections.deque(maxlen=10)}
-    core.jobs = {"j-1": JobRecord(job_id="j-1", tenant="acme", name="j", spec={}, priority="normal", workers=1,
-                                  cpus_per_worker=1, gpus_per_worker=1, submitted_at=0.0, state=JobState.RUNNING)}
-    core.report("j-1", _step(1, gpu_memory_bytes=2e9, mfu=0.3))
-    core.report("j-1", _step(2, gpu_memory_bytes=2e9, mfu=0.31))
-    p = core.jobs["j-1"].progress
+    core = make_core(tmp_path / "store")  # fake clock, launcher and capacity: no Ray
+    job = core.submit(spec(tenant="acme"))["job_id"]
+    core.tick()
+    for n, mfu in ((1, 0.3), (2, 0.31)):
+        core.report(job, Step(step=n, total_steps=10, loss=2.0 - 0.1 * n, lr=1e-3, tokens_per_s=1000.0,
+                              step_time_s=0.2, tokens_seen=512 * n, gpu_memory_bytes=2_000_000_000, mfu=mfu))
+    p = core.status(job)["progress"]
     assert p["step"] == 2 and p["mfu"] == 0.31 and p["gpu_memory_bytes"] == 2e9
     s = {(n, tuple(sorted(lab.items()))): v for n, lab, v in _samples(core.metrics)}
     assert s[("lorafarm_train_tokens_total", (("tenant", "acme"),))] == 1024  # deltas of tokens_seen
