@@ -11,6 +11,9 @@ Cost of a scrape (``bench/metrics_bench.py``): see the figure in that file's doc
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
@@ -77,7 +80,8 @@ class Metrics:
     def serve(self, port: int, addr: str = "0.0.0.0") -> None:
         start_http_server(port, addr=addr, registry=self.registry)
 
-    def step(self, tenant: str, job: str, event: dict, tokens_delta: float) -> None:
+    def step(self, tenant: str, job: str, event: Mapping[str, Any], tokens_delta: float) -> None:
+        """One optimizer step: ``event`` holds the step's set fields (:meth:`lorafarm.events.Step.record`)."""
         self._job_series[job] = tenant
         self.train_loss.labels(tenant, job).set(event["loss"])
         self.job_step.labels(tenant, job).set(event["step"])

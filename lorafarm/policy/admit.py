@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .pool import EPS, per_node
 from .quota import Usage
 from .types import ClusterState, JobRequest, RunningJob

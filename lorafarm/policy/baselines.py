@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .admit import check_admissible
 from .decide import decide
 from .pool import Pool

@@ -30,7 +30,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .admit import check_admissible
 from .pool import EPS, Pool
 from .quota import Usage, usage_by_tenant, within_quota

@@ -9,13 +9,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .pool import EPS
 from .types import JobRequest, RunningJob
 
 if TYPE_CHECKING:
-    from ..tenants import Quota, TenantsConfig
+    from ..spec.tenants import Quota, TenantsConfig
+
+
+class Gang(Protocol):
+    """Anything that holds a gang: a queued or running job, or the scheduler's job record."""
+
+    @property
+    def workers(self) -> int: ...
+    @property
+    def cpus(self) -> float: ...
+    @property
+    def gpus(self) -> float: ...
 
 
 @dataclass(slots=True)
@@ -26,7 +37,7 @@ class Usage:
     cpus: float = 0
     gpus: float = 0
 
-    def add(self, job: JobRequest | RunningJob, sign: int = 1) -> None:
+    def add(self, job: Gang, sign: int = 1) -> None:
         """Count ``job``'s gang in (``sign=-1``: out)."""
         self.workers += sign * job.workers
         self.cpus += sign * job.cpus

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .admit import check_admissible
 from .types import ClusterState, JobRequest
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .engine import ClusterSpec, SimResult, Simulator, fair_split
 from .generate import generate, tenants_yaml
 from .report import DEFAULT_STARVATION_BOUND_S, dumps, jain, markdown, percentile, summarize

@@ -41,7 +41,7 @@ from ..policy import (
 )
 from ..policy.baselines import Policy
 from ..policy.pool import EPS
-from ..tenants import TenantsConfig
+from ..spec.tenants import TenantsConfig
 from .trace import SimJob
 
 FINISH, SUBMIT, TICK = 0, 1, 2  # at one instant: finishes free resources before submits queue
