@@ -86,9 +86,10 @@ def _locate_replies(messages: list[dict[str, str]], tokenizer, where: str) -> tu
     for i, m in enumerate(messages):
         text = m["content"].strip()
         if m["role"] != "assistant" and text and text not in skeleton:
-            raise DataError(f"{where}: the chat template drops message {i} ({m['role']}) when the conversation ends "
-                            "with an assistant turn, so the model would learn the replies without it — use a "
-                            "template that renders it (e.g. put the system prompt into the first user message)")
+            raise DataError(f"{where}: the chat template drops message {i} ({m['role']}) from this conversation "
+                            "(which ends with an assistant turn, as a training row does), so the model would learn "
+                            "the replies without it — use a template that renders it (e.g. put the system prompt "
+                            "into the first user message)")
     glue = _split(skeleton, marks, messages, turns, where)
     if not (full.startswith(glue[0]) and full.endswith(glue[-1])):
         raise _unlocated(where, turns[0])
@@ -121,7 +122,7 @@ def _split(skeleton: str, marks: list[str], messages, turns: list[int], where: s
     glue, rest = [], skeleton
     for k, mark in enumerate(marks):
         if skeleton.count(mark) != 1 or mark not in rest:
-            what = "drops" if mark not in skeleton else "repeats or reorders"
+            what = "drops or rewrites" if mark not in skeleton else "repeats or reorders"
             raise DataError(f"{where}: the chat template {what} message {turns[k]} (assistant), so its reply cannot "
                             "be located for the loss mask — use a template that renders each assistant turn once")
         before, rest = rest.split(mark, 1)
