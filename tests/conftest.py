@@ -30,6 +30,24 @@ def ray_session():
     ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    """The built-in tiny-llama's byte-level tokenizer (no chat template)."""
+    from lorafarm.model.tiny import build_tokenizer
+
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer_dir(tmp_path_factory) -> str:
+    """The tiny tokenizer saved as a Hugging Face directory, the way `prepare` loads a base's."""
+    from lorafarm.model.tiny import build_tokenizer
+
+    out = tmp_path_factory.mktemp("tok")
+    build_tokenizer().save_pretrained(out)
+    return str(out)
+
+
 @pytest.fixture(scope="module")
 def serve_cluster() -> Iterator[Callable[[str, int], RayHead]]:
     """Start a real Ray head with `lorafarm serve` on it: ``serve_cluster(tenants_yaml, num_cpus)``
