@@ -90,21 +90,19 @@ def _check_model(spec: JobSpec, model_dir, report: dict[str, Any]) -> list[str]:
 
 
 def _check_tokens(spec: JobSpec, table, tokenizer, report: dict[str, Any]) -> list[str]:
-    from .data import encode
+    from .data import check_labels
 
     t = spec.training
     n = len(table)
     sample = table.slice(0, min(n, SAMPLE_LIMIT)).to_pylist()
-    tokens = label_tokens = masked = truncated = 0
-    for row in sample:
-        enc = encode(row, spec.dataset, tokenizer, t.seq_len)
-        tokens += len(enc.input_ids)
-        labelled = sum(1 for x in enc.labels if x != -100)
-        label_tokens += labelled
-        masked += labelled == 0
-        truncated += bool(enc.truncated)
+    encoded, labels = check_labels(sample, spec.dataset, tokenizer, t.seq_len)
+    tokens, label_tokens, masked, truncated = labels.tokens, labels.label_tokens, labels.dropped, labels.truncated
+    report["all_masked_rows"] = labels.rows()[:20]
+    report["warnings"] = labels.warnings()
+    if labels.problems():
+        return labels.problems()
     factor = n / len(sample)
-    report["sample_tokens"] = len(encode(sample[0], spec.dataset, tokenizer, t.seq_len).input_ids)
+    report["sample_tokens"] = len(encoded[0].input_ids)
     report["tokens"] = round(tokens * factor)
     report["label_tokens"] = round(label_tokens * factor)
     report["all_masked_examples"] = round(masked * factor)
@@ -131,8 +129,4 @@ def _check_tokens(spec: JobSpec, table, tokenizer, report: dict[str, Any]) -> li
     tokens_per_step *= t.global_batch_size
     rate = (GPU_TOKENS_PER_S if spec.resources.gpus_per_worker else CPU_TOKENS_PER_S) * spec.resources.workers
     report["eta_seconds_rough"] = round(total_steps * tokens_per_step / rate)
-    if masked == len(sample):
-        problems.append(
-            "dataset: every example loses all its labels to masking or truncation — raise training.seq_len or check dataset.format"
-        )
     return problems

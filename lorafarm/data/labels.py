@@ -55,20 +55,19 @@ class LabelReport:
         return self.cut + self.masked
 
     def problems(self) -> list[str]:
-        """What makes the dataset unrunnable: nothing left to train on, or (under
-        ``on_bad_rows: error``) rows the chat template cannot mask."""
-        found = []
+        """What makes the dataset unrunnable: (under ``on_bad_rows: error``) rows the chat template
+        cannot mask, or nothing left to train on."""
         if self.on_bad_rows == "error" and self.unusable:
-            found.append(f"dataset: {_listed(self.unusable)} (or set dataset.on_bad_rows: skip to drop such rows)")
-        if self.examples and not self.unusable and len(self.rows()) == self.examples:
-            found.append(f"dataset: every example loses all its labels — {self._fix()}")
-        return found
+            return [f"dataset: {_listed(self.unusable)} (or set dataset.on_bad_rows: skip to drop such rows)"]
+        if self.examples and self.dropped == self.examples:
+            return [f"dataset: every example loses all its labels — {self._fix()}"]
+        return []
 
     def warnings(self) -> list[str]:
         """Rows dropped (named), when more than :data:`WARN_SHARE` of the examples."""
         found = []
         rows = self.rows()
-        if rows and len(rows) < self.examples and len(rows) > WARN_SHARE * self.examples:
+        if rows and self.dropped < self.examples and len(rows) > WARN_SHARE * self.examples:
             found.append(f"dataset: {len(rows)} of {self.examples} examples ({len(rows) / self.examples:.1%}) lose "
                          f"all their labels and are dropped ({_listed(rows)}) — {self._fix()}")
         if self.on_bad_rows == "skip" and self.unusable:
@@ -76,6 +75,8 @@ class LabelReport:
         return found
 
     def _fix(self) -> str:
+        if len(self.unusable) > len(self.rows()):
+            return f"the chat template cannot mask them ({_listed(self.unusable)})"
         if len(self.cut) >= len(self.masked):
             return (f"the prompts fill the whole sequence (training.seq_len = {self.seq_len}): raise "
                     "training.seq_len or shorten the prompts")
