@@ -9,7 +9,9 @@ ids must be exactly those runs, in order, and the rest of the row the template's
 
 from __future__ import annotations
 
+import json
 import random
+import re
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -278,3 +280,25 @@ def test_label_report_lists_rows_a_template_cannot_mask(byte_bpe):
     assert problem.endswith("(or set dataset.on_bad_rows: skip to drop such rows)")
     _, lenient = check_labels(rows, spec_for("c.jsonl", "chat", on_bad_rows="skip"), byte_bpe, 64)
     assert lenient.problems() == [] and lenient.warnings()[0].startswith("dataset: 1 examples are skipped: c.jsonl:1")
+
+
+def test_validate_and_prepare_refuse_a_dataset_whose_prompts_fill_the_sequence(tmp_path, tiny_tokenizer_dir):
+    """validate (preflight) and run/submit (prepare, before any worker starts) say the same."""
+    from helpers import quickstart_spec
+
+    from lorafarm.data import prepare
+    from lorafarm.errors import PreflightError
+    from lorafarm.preflight import preflight
+    from lorafarm.spec import validate_spec
+    from lorafarm.storage import Store
+
+    data = tmp_path / "long.jsonl"
+    data.write_text("".join(json.dumps({"messages": [{"role": "user", "content": "p" * 80},
+                                                     {"role": "assistant", "content": "ok"}]}) + "\n"
+                            for _ in range(8)))
+    spec = validate_spec(quickstart_spec("demo", "long", data, training={"seq_len": 64}))
+    fix = "the prompts fill the whole sequence (training.seq_len = 64): raise training.seq_len or shorten the prompts"
+    with pytest.raises(PreflightError, match=re.escape(fix)):
+        preflight(spec)
+    with pytest.raises(DataError, match=re.escape(f"dataset: every example loses all its labels — {fix}")):
+        prepare(spec, tiny_tokenizer_dir, Store.open(str(tmp_path / "store")), parallel=False)
