@@ -18,6 +18,15 @@ os.environ.setdefault("LORAFARM_CACHE", str(ROOT / ".cache" / "lorafarm"))
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+UNIT_TEST_TIMEOUT_S = 300  # the slowest unit tests take under a minute alone; pyproject's timeout is for integration
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Tests not marked integration get a tighter timeout, so a hang there fails in minutes."""
+    for item in items:
+        if item.get_closest_marker("integration") is None and item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(UNIT_TEST_TIMEOUT_S))
+
 
 @pytest.fixture(scope="session")
 def ray_session():
