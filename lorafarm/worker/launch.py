@@ -21,19 +21,6 @@ from .recipe import WorkerConfig, train_loop_per_worker
 ProgressFn = Callable[[Event], None]
 
 
-def result_json(job_id: str, tenant: str, outcome: RunOutcome) -> dict[str, Any]:
-    """``lorafarm run --json``'s last line: ``job_id``, ``tenant``, ``state``, ``adapter_uri``,
-    ``metrics``, ``reason``."""
-    return {
-        "job_id": job_id,
-        "tenant": tenant,
-        "state": str(outcome.state),
-        "adapter_uri": outcome.adapter_uri,
-        "metrics": outcome.metrics,
-        "reason": outcome.reason,
-    }
-
-
 def ensure_ray(num_cpus: int | None = None) -> None:
     """Join ``RAY_ADDRESS``'s cluster when set, else start a local one."""
     import os
