@@ -62,7 +62,7 @@ class Resumed:
 
 @dataclass(frozen=True, slots=True)
 class Step:
-    """One optimizer step, as recorded in ``history.jsonl`` (see :mod:`lorafarm.worker.launch`)."""
+    """One optimizer step, as recorded in ``history.jsonl`` (schema: :mod:`lorafarm.ops.history`)."""
 
     kind: ClassVar[str] = "step"
     step: int
