@@ -261,15 +261,15 @@ def _history_lines(n: int = 12, eval_every: int = 4) -> list[dict]:
 
 
 def test_history_file_is_rewritten_while_training_and_finished_with_the_final_eval(tmp_path, monkeypatch):
+    from lorafarm.ops import history
     from lorafarm.ops.history import parse_history
-    from lorafarm.worker import launch
 
     uri = str(tmp_path / "history.jsonl")
-    h = launch._History(uri)
-    monkeypatch.setattr(launch, "HISTORY_FLUSH_S", 0.0)
+    h = history.HistoryWriter(str(tmp_path))
+    monkeypatch.setattr(history, "FLUSH_EVERY_S", 0.0)
     h.add({"step": 1, "loss": 2.0})
     assert parse_history(Path(uri).read_text()) == [{"step": 1, "loss": 2.0}]  # a cancel now keeps step 1
-    monkeypatch.setattr(launch, "HISTORY_FLUSH_S", 3600.0)
+    monkeypatch.setattr(history, "FLUSH_EVERY_S", 3600.0)
     h.add({"step": 2, "loss": 1.9})
     assert len(parse_history(Path(uri).read_text())) == 1  # not due yet
     h.finish([{"step": 1, "loss": 2.0}, {"step": 2, "loss": 1.9}, {"step": 3, "loss": 1.8}],
