@@ -76,11 +76,11 @@ def _max_diff(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
     return max(float((a[k] - b[k]).abs().max()) for k in a)
 
 
-
 def test_the_checkpoint_layout_imports_no_torch():
     """The scheduler and the CLI list checkpoints without loading torch."""
     code = "import sys, lorafarm.worker, lorafarm.worker.checkpoints; assert 'torch' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
 
 @pytest.fixture(scope="module")
 def baseline(tmp_path_factory):
