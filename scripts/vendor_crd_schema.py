@@ -1,10 +1,11 @@
 """Extract one version's openAPIV3Schema from a CustomResourceDefinition into tests/schemas/.
 
-The Helm tests check rendered RayClusters against KubeRay's CRD schema; the full CRD file is
-~1 MB (every version), the schema they use is a sixth of that. Regenerate after a KubeRay bump:
+The tests check RayClusters and RayJobs against KubeRay's CRD schemas; a full CRD file is
+~1 MB (every version, indented YAML), the one schema they use a fraction of that. Regenerate
+after a KubeRay bump:
 
     .venv/bin/python scripts/vendor_crd_schema.py ray.io_rayclusters.yaml v1 \
-        tests/schemas/kuberay-raycluster-v1.json
+        tests/schemas/kuberay-raycluster-v1.json   # and ray.io_rayjobs.yaml -> kuberay-rayjob-v1.json
 """
 
 from __future__ import annotations

@@ -202,15 +202,13 @@ def rayjob_docs():
 
 
 def test_example_rayjob_validates(rayjob_docs):
-    import jsonschema
-    import kubernetes_validate
-    from test_helm import crd_schema, validate_pod_template  # tests/ is on sys.path under pytest
+    from k8s_schemas import kubernetes_validate, validate_kuberay, validate_pod_template
 
     kinds = [d["kind"] for d in rayjob_docs]
     assert kinds == ["ConfigMap", "RayJob"]
     kubernetes_validate.validate(rayjob_docs[0], "1.30", strict=True)
     job = rayjob_docs[1]
-    jsonschema.validate(job, crd_schema("ray.io_rayjobs.yaml"), cls=jsonschema.Draft7Validator)
+    validate_kuberay(job, "rayjob")
     spec = job["spec"]["rayClusterSpec"]
     validate_pod_template(spec["headGroupSpec"]["template"], "rayjob head")
     for g in spec["workerGroupSpecs"]:
