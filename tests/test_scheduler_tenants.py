@@ -103,6 +103,7 @@ def _intervals(head, job_id: str) -> list[tuple[float, float]]:
     return out
 
 
+@pytest.mark.timeout(1800)  # its own deadline for the twelve jobs is 900 s, after the cluster starts
 def test_quotas_fair_share_and_a_broken_job(cluster):
     tmp = cluster.tmp
     blocker = _submit_all(cluster, [_spec(tmp, "ops", "blocker", tmp / "small.jsonl", training__max_steps=2000,
