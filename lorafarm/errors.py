@@ -60,3 +60,7 @@ class JobFailed(LorafarmError):
 
     def __reduce__(self):
         return (type(self), (self.reason,))
+
+
+class SchedulerUnavailable(LorafarmError):
+    """The cluster's scheduler is not running (not started yet, or restarting): a follower may wait for it."""
