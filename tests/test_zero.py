@@ -19,9 +19,10 @@ HERE = Path(__file__).parent
 LORA = 4 * (8 * (128 + 128) + 8 * (128 + 64) + 8 * (128 + 64) + 8 * (128 + 128))  # r=8 on q,k,v,o × 4 layers
 
 
-def _ranks(world: int, stage: int) -> list[dict]:
+def _ranks(world: int, stage: int, *extra: str) -> list[dict]:
     port = free_port()
-    procs = [subprocess.Popen([sys.executable, str(HERE / "zero_probe.py"), str(r), str(world), str(stage), str(port)],
+    procs = [subprocess.Popen([sys.executable, str(HERE / "zero_probe.py"), str(r), str(world), str(stage), str(port),
+                               *extra],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(world)]
     out = []
     for p in procs:
@@ -37,6 +38,18 @@ def test_stage0_optimizer_params_are_exactly_the_lora_params():
     assert r["frozen_requires_grad"] == [] and r["frozen_with_grad"] == []
     assert r["trainable_params"] == LORA and r["optimizer_numel"] == LORA
     assert r["optimizer_state_bytes"] == 8 * LORA
+    assert r["optimizer_params"] == LORA and r["optimizer_non_model"] == 0
+
+
+Q0 = "base_model.model.model.layers.0.self_attn.q_proj.base_layer.weight"
+
+
+def test_a_base_parameter_left_trainable_is_caught_without_zero():
+    """The check can fail: one base weight left trainable is named, by its requires_grad and
+    by its place in the optimizer, and the optimizer's element count grows by its size."""
+    (r,) = _ranks(1, 0, "leak")
+    assert r["frozen_with_grad"] == [Q0] and r["frozen_in_optimizer_only"] == [Q0]
+    assert r["optimizer_params"] == LORA + r["leaked_numel"] == r["trainable_params"]
 
 
 @pytest.mark.integration
@@ -45,11 +58,23 @@ def test_zero_partitions_only_lora_state_across_two_ranks(stage):
     ranks = _ranks(2, stage)
     total_numel = sum(r["optimizer_numel"] for r in ranks)
     total_bytes = sum(r["optimizer_state_bytes"] for r in ranks)
-    assert all(r["frozen_with_grad"] == [] for r in ranks)
+    assert all(r["frozen_with_grad"] == [] and r["frozen_requires_grad"] == [] for r in ranks)
+    assert all(r["optimizer_params"] == LORA and r["optimizer_non_model"] == 0 for r in ranks)
     assert all(r["trainable_params"] == LORA for r in ranks)
     assert LORA <= total_numel <= LORA * 1.02  # ZeRO pads partitions to equal size
     assert 8 * LORA <= total_bytes <= 8 * LORA * 1.02
     assert all(r["optimizer_numel"] < LORA for r in ranks)  # each rank holds only its share
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("stage", [2, 3])
+def test_a_base_parameter_left_trainable_is_caught_under_zero(stage):
+    """Under ZeRO gradients are freed or partitioned, so ``p.grad`` proves nothing: the check
+    reads requires_grad and the ZeRO optimizer's own groups, and fails on a leaked base weight."""
+    ranks = _ranks(2, stage, "leak")
+    assert all(r["frozen_with_grad"] == [Q0] and r["frozen_in_optimizer_only"] == [Q0] for r in ranks)
+    assert all(r["optimizer_params"] == LORA + r["leaked_numel"] for r in ranks)
+    assert sum(r["optimizer_numel"] for r in ranks) >= LORA + ranks[0]["leaked_numel"]
 
 
 def test_ds_config_derives_accumulation_from_the_global_batch():

@@ -5,11 +5,13 @@ never the frozen base (:mod:`lorafarm.worker.zero_state` writes and reads the te
 
 - ``weights.safetensors``: every trainable (LoRA) parameter, full and fp32 (ZeRO's master copy);
 - ``optimizer.safetensors``: AdamW's ``exp_avg`` / ``exp_avg_sq`` per parameter, full, fp32;
-- ``rng-rank-K.pt``: the torch RNG states (CPU and accelerator) of rank K;
+- ``rng-rank-K.pt``: the torch RNG states (CPU and accelerator) of rank K (dropout masks do not
+  depend on them: :mod:`lorafarm.worker.dropout`);
 - ``state.json``: step (the data cursor: the next global batch is step ``N``, i.e. sample
   ``N × global_batch_size`` of the seeded order), optimizer step count, LR-schedule state, the
   history so far, the resume digest of the spec and the base weights' digest;
-- ``checkpoint.json``: the marker, written last, with every file's size and sha256. A directory
+- ``checkpoint.json``: the marker, written last, with every file's size and sha256 (the RNG
+  files included). A directory
   without it does not exist for readers (a save cut short leaves only garbage, pruned later).
 
 No torch here: the scheduler and the CLI list checkpoints without loading it.
@@ -117,10 +119,13 @@ def prune(job_uri: str, keep_last: int) -> list[str]:
 def write_marker(uri: str, *, step: int, world: int, files: dict[str, bytes], resume_digest: str | None,
                  save_seconds: float) -> dict[str, Any]:
     """Make the checkpoint at ``uri`` exist: after ``files`` and every rank's RNG file are
-    written, the marker with their sizes and sha256s."""
+    written, the marker with the sizes and sha256s of them all (the RNG files read back from
+    the store, as the other ranks wrote them)."""
+    files = dict(files)
     for r in range(world):
         if not exists(join(uri, rng_file(r))):
             raise StorageError(f"{uri}: {rng_file(r)} missing after the save — the store lost a write")
+        files[rng_file(r)] = read_bytes(join(uri, rng_file(r)))
     marker = {
         "format": FORMAT,
         "step": step,
@@ -137,7 +142,8 @@ def write_marker(uri: str, *, step: int, world: int, files: dict[str, bytes], re
 
 
 def read_checkpoint(ref: CheckpointRef) -> dict[str, bytes]:
-    """The checkpoint's files, each checked against the marker's size and sha256."""
+    """The checkpoint's files, each checked against the marker's size and sha256 (every
+    rank's RNG file too: a corrupt one makes the whole checkpoint corrupt)."""
     blobs = {}
     for name, meta in ref.marker["files"].items():
         data = read_bytes(join(ref.uri, name))
@@ -147,5 +153,9 @@ def read_checkpoint(ref: CheckpointRef) -> dict[str, bytes]:
     return blobs
 
 
-def read_rng(ref: CheckpointRef, rank: int) -> bytes:
+def read_rng(ref: CheckpointRef, rank: int, blobs: dict[str, bytes] | None = None) -> bytes:
+    """Rank ``rank``'s RNG file: from ``blobs`` (:func:`read_checkpoint`'s, verified) when the
+    marker lists it, else read as is (checkpoints made before the marker covered RNG files)."""
+    if blobs is not None and rng_file(rank) in blobs:
+        return blobs[rng_file(rank)]
     return read_bytes(join(ref.uri, rng_file(rank)))

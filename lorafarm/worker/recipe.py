@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from ..events import Done, Event, GroupStarted, Preempted, Resumed, Step, WorkerError
 from ..spec import JobSpec, resume_digest, spec_digest
+from .dropout import DropoutRows, seed_dropout_by_row
 
 
 @dataclass
@@ -83,9 +84,11 @@ class LoraRecipe:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
+        import pyarrow.compute as pc
+
         from ..data import load_rows, steps_per_epoch
         from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
-        from ..zero import build_engine
+        from ..zero import build_engine, memory_report
 
         spec, t = self.spec, self.spec.training
         torch.manual_seed(t.seed + self.rank)
@@ -102,12 +105,23 @@ class LoraRecipe:
         self.train_rows = load_rows(self.cfg.train_rows_uri)
         self.eval_rows = load_rows(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
         self.n_labels = self.train_rows.column("n_labels").to_numpy()
+        # dropout masks from (seed, step, row of the global batch), drawn for the longest row: the same on any
+        # worker count and micro batch
+        longest = pc.max(pc.list_value_length(self.train_rows.column("input_ids"))).as_py() or 1
+        self.dropout_rows = DropoutRows(seed=t.seed, max_len=longest)
+        seed_dropout_by_row(self.model, self.dropout_rows)
         if t.max_steps is not None:
             self.total_steps = t.max_steps
         else:
             per_epoch = steps_per_epoch(len(self.train_rows), t.global_batch_size)
             self.total_steps = max(1, math.ceil((t.epochs or 1.0) * per_epoch))
         self.engine, self.lr_schedule = build_engine(self.model, spec, self.world, self.total_steps)
+        leaked = memory_report(self.engine, self.model)["frozen_with_grad"]
+        if leaked:  # a frozen base parameter would train: the adapter would not describe the change
+            from ..errors import TrainingError
+
+            raise TrainingError(f"{len(leaked)} base parameters would train (first: {leaked[0]}) — only LoRA "
+                                "parameters may; this is a lorafarm bug, please report it")
         self.accum = self.engine.gradient_accumulation_steps()
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_token_id or 0
@@ -138,8 +152,6 @@ class LoraRecipe:
         if state.get("base_weights_digest") != self.base_digest:
             raise TrainingError(f"{ref.uri}: made on other base weights than {self.spec.base_model} — resubmit as a "
                                 "new job")
-        if not restored.same_world:  # dropout streams cannot be re-sliced across another worker count
-            torch.manual_seed(self.spec.training.seed * 1_000_003 + restored.step * 131 + self.rank)
         self.start_step = self.resumed_from = restored.step
         self.history = list(state.get("history", []))
         self.tokens_seen = int(state.get("tokens_seen", 0))
@@ -189,10 +201,13 @@ class LoraRecipe:
         batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
         label_tokens = int(self.n_labels[batch].sum())
         mine = worker_slice(batch, self.rank, self.world)
+        offset = self.rank * len(mine)  # this rank's first row in the global batch
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = 0
         micros = micro_batches(mine, t.micro_batch_size)
         for i, micro in enumerate(micros):
+            start = offset + i * t.micro_batch_size
+            self.dropout_rows.set(step, range(start, start + len(micro)))
             inputs, n_tokens = self._collate(micro)
             tokens += n_tokens
             token_loss = self._token_loss_sum(inputs)

@@ -78,8 +78,8 @@ def save_checkpoint(job_uri: str, step: int, ctx: RankContext, extra: dict[str, 
 def load_checkpoint(ref: CheckpointRef, blobs: dict[str, bytes], ctx: RankContext) -> Restored:
     """Collective. Restores weights, optimizer and LR schedule from
     :func:`~lorafarm.worker.checkpoints.read_checkpoint`'s files; RNG states too when the worker
-    count is the one that saved it (other worker counts draw fresh per-rank streams: only
-    dropout uses them)."""
+    count is the one that saved it. Training draws nothing from them (dropout masks are seeded
+    per row: :mod:`lorafarm.worker.dropout`), so another worker count resumes exactly too."""
     state = json.loads(blobs[STATE])
     scatter_training_state(ctx.engine, ctx.model, load_tensors(blobs[WEIGHTS]), load_tensors(blobs[OPTIMIZER]),
                            state["optimizer_step"])
@@ -91,7 +91,7 @@ def load_checkpoint(ref: CheckpointRef, blobs: dict[str, bytes], ctx: RankContex
     ctx.engine.global_steps = state["optimizer_step"]
     same_world = int(state["world_size"]) == ctx.world
     if same_world:
-        _set_rng(read_rng(ref, ctx.rank))
+        _set_rng(read_rng(ref, ctx.rank, blobs))
     return Restored(step=int(state["step"]), state=state, same_world=same_world)
 
 

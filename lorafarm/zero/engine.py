@@ -116,13 +116,59 @@ def optimizer_param_numel(engine) -> int:
     return sum(s["exp_avg"].numel() for s in opt.state.values() if "exp_avg" in s)
 
 
+def optimizer_params(engine) -> list:
+    """The model parameters the engine's optimizer updates. ZeRO hands the inner optimizer flat
+    fp32 partitions instead, so the model's own parameters are read from the ZeRO optimizer's
+    groups (``bit16_groups`` for stages 1-2, ``fp16_groups`` for stage 3, ``bf16_groups`` for
+    DeepSpeed's bf16 optimizer); without ZeRO they are the optimizer's param groups."""
+    import torch
+
+    outer = engine.optimizer
+    for attr in ("bit16_groups", "fp16_groups", "bf16_groups"):
+        groups = getattr(outer, attr, None)
+        if groups:
+            break
+    else:
+        groups = [g["params"] for g in base_optimizer(engine).param_groups]
+    out: list = []
+
+    def walk(x):
+        if isinstance(x, torch.nn.Parameter) or torch.is_tensor(x):
+            out.append(x)
+        elif isinstance(x, (list, tuple)):
+            for y in x:
+                walk(y)
+
+    walk(list(groups))
+    return out
+
+
+def is_lora(name: str) -> bool:
+    """A PEFT LoRA factor (``lora_A``, ``lora_B``, DoRA's ``lora_magnitude_vector``, ...)."""
+    return "lora_" in name
+
+
 def memory_report(engine, model) -> dict[str, Any]:
+    """What trains. ``frozen_with_grad``: the base (non-LoRA) parameters that could change —
+    those with ``requires_grad``, a gradient, or a place in the optimizer's groups; it must be
+    ``[]``. (Under ZeRO a gradient alone says nothing — ZeRO frees or partitions them — so
+    ``requires_grad`` and the optimizer's groups are what is checked.) ``optimizer_params``
+    counts the elements of the model parameters the optimizer updates (it equals
+    ``trainable_params`` when only LoRA trains); ``optimizer_non_model``, the optimizer's
+    tensors that are no model parameter (0: the groups read are the model's own)."""
+    names = {id(p): n for n, p in model.named_parameters()}
+    held = optimizer_params(engine)
+    in_optimizer = {id(p) for p in held}
+    frozen = [n for n, p in model.named_parameters() if not is_lora(n)
+              and (p.requires_grad or p.grad is not None or id(p) in in_optimizer)]
     return {
-        "trainable_params": sum(_numel(p) for p in model.parameters() if p.requires_grad),
+        "trainable_params": sum(_numel(p) for n, p in model.named_parameters() if p.requires_grad),
         "total_params": _total_params(model),
         "optimizer_state_bytes": optimizer_state_bytes(engine),
         "optimizer_numel": optimizer_param_numel(engine),
-        "frozen_with_grad": [n for n, p in model.named_parameters() if not p.requires_grad and p.grad is not None],
+        "optimizer_params": sum(_numel(p) for p in held),
+        "optimizer_non_model": sum(1 for p in held if id(p) not in names),
+        "frozen_with_grad": frozen,
     }
 
 
