@@ -1,16 +1,33 @@
-"""``lorafarm merge``: the base with the adapter folded in, written as an HF directory."""
+"""``lorafarm merge``: the base with the adapter folded in, written as an HF directory.
+
+OUTDIR must be new or empty (``force``: replaced whole); the model is written beside it and
+renamed onto it when complete, with normal file modes (see :mod:`lorafarm.storage.outdir`).
+A scale that is not finite, or one that makes any merged weight non-finite, is refused and
+nothing is written."""
 
 from __future__ import annotations
 
+import math
 import tempfile
 from pathlib import Path
 
-from ..errors import AdapterError
-from ..storage import is_remote, normalize
+from ..errors import AdapterError, SpecError
+from ..storage import check_output_dir, is_remote, normalize, output_dir
 from .save import pull
 
 
-def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0) -> Path:
+def check_scale(scale: float, flag: str = "--scale") -> float:
+    if not isinstance(scale, (int, float)) or not math.isfinite(scale):
+        raise SpecError([f"{flag} {scale}: must be a finite number (1 = as trained, 0 = the base) — "
+                         f"e.g. {flag} 0.5"])
+    return float(scale)
+
+
+def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0,
+                  force: bool = False) -> Path:
+    scale = check_scale(scale)
+    out = check_output_dir(outdir, force, "OUTDIR")
+
     from peft import PeftModel
 
     from ..model import load_base, load_tokenizer, resolve_base
@@ -18,7 +35,7 @@ def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: flo
     with tempfile.TemporaryDirectory(prefix="lorafarm-merge-") as tmp:
         local = Path(tmp) / "adapter"
         src = normalize(adapter)
-        manifest = pull(src, local)
+        manifest = pull(src, local, what="ADAPTER")
         base_name = base or manifest["base_model"]
         base_dir = resolve_base(base_name)
         try:
@@ -36,10 +53,14 @@ def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: flo
                     for name in module.scaling:
                         module.scaling[name] *= scale
         merged = model.merge_and_unload()
-        out = Path(outdir)
-        merged.save_pretrained(out, safe_serialization=True)
-        load_tokenizer(base_dir).save_pretrained(out)
+        bad = [n for n, p in merged.named_parameters() if not bool(p.isfinite().all())]
+        if bad:
+            raise SpecError([f"--scale {scale:g}: the merged weights are not finite ({len(bad)} tensors, e.g. "
+                             f"{bad[0]}) — use a smaller scale"])
+        with output_dir(out, force, "OUTDIR") as tmp_out:
+            merged.save_pretrained(tmp_out, safe_serialization=True)
+            load_tokenizer(base_dir).save_pretrained(tmp_out)
     return out
 
 
-__all__ = ["merge_adapter", "is_remote"]
+__all__ = ["check_scale", "merge_adapter", "is_remote"]

@@ -36,10 +36,14 @@ def publish(local_dir: Path, adapter_uri: str, manifest: dict[str, Any]) -> dict
     return publish_dir(local_dir, adapter_uri, manifest)
 
 
-def pull(adapter_uri: str, dest: str | Path) -> dict[str, Any]:
-    """Copy a verified adapter to ``dest``; refuses an incomplete or corrupt one. The local
-    copy is checked against the manifest too, and the manifest is written last, so ``dest``
-    holds a manifest only when every file in it matches."""
+def pull(adapter_uri: str, dest: str | Path, force: bool = False, what: str = "DEST") -> dict[str, Any]:
+    """Copy a verified adapter to the local directory ``dest``; refuses an incomplete or corrupt
+    one. ``dest`` must be new or empty (or ``force``: replaced whole); the copy is written beside
+    it, checked against the manifest (written last), and renamed onto ``dest`` only when every
+    file matches, so ``dest`` never holds a partial or mixed adapter."""
+    from ..storage import check_output_dir, filesystem, output_dir, sha256_file
+
+    check_output_dir(dest, force, what)  # before any download: nothing is fetched for a bad DEST
     manifest = read_manifest(adapter_uri, verify=True)
     names = sorted(manifest.get("files", {}))
     missing = [n for n in ADAPTER_FILES if n not in names]
@@ -49,15 +53,13 @@ def pull(adapter_uri: str, dest: str | Path) -> dict[str, Any]:
     if unsafe:  # an adapter is flat files; never write outside ``dest``
         raise AdapterError(f"{adapter_uri}: manifest names files outside the adapter ({', '.join(unsafe)}) — "
                            "refusing it")
-    out = Path(dest)
-    (out / MANIFEST).unlink(missing_ok=True)  # a stale manifest must not vouch for the new files
-    download_dir(adapter_uri, out, names)
-    from ..storage import filesystem, sha256_file
-
-    fs, _ = filesystem(str(out))
-    for name in names:
-        digest, size = sha256_file(fs, str(out / name))
-        if digest != manifest["files"][name]["sha256"] or size != manifest["files"][name]["size"]:
-            raise AdapterError(f"{dest}/{name}: sha256/size differ from the manifest after download — retry the pull")
-    (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    with output_dir(dest, force, what) as out:
+        download_dir(adapter_uri, out, names)
+        fs, _ = filesystem(str(out))
+        for name in names:
+            digest, size = sha256_file(fs, str(out / name))
+            if digest != manifest["files"][name]["sha256"] or size != manifest["files"][name]["size"]:
+                raise AdapterError(f"{dest}/{name}: sha256/size differ from the manifest after download — "
+                                   "retry the pull")
+        (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
     return manifest

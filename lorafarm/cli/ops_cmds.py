@@ -13,6 +13,8 @@ from ..errors import SpecError
 from .args import STORE_HELP
 from .output import EXIT_OK, emit_json
 
+MAX_INTERVAL_S = 3600.0
+
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("plot", help="train/eval loss and tokens/s over steps of a job, as a PNG")
@@ -33,11 +35,18 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def plot(args: argparse.Namespace, console: Console) -> int:
+    from pathlib import Path
+
     from ..ops.history import load_job_history
     from ..ops.plot import lines_by_label, plot_history
 
+    out = Path(args.output).expanduser()
     if not args.output.lower().endswith(".png"):
         raise SpecError([f"-o {args.output}: the plot is a PNG — name the file *.png"])
+    if out.is_dir():
+        raise SpecError([f"-o {args.output}: is a directory — give a file name such as {out / 'loss.png'}"])
+    if not out.parent.is_dir():
+        raise SpecError([f"-o {args.output}: directory {out.parent} does not exist — create it or give another path"])
     history = load_job_history(args.job, args.store, args.tenant)
     if not history.steps:
         console.print(f"[yellow]{args.job}: history.jsonl has no steps yet; writing an empty plot", highlight=False)
@@ -52,10 +61,13 @@ def plot(args: argparse.Namespace, console: Console) -> int:
 
 
 def top(args: argparse.Namespace, console: Console) -> int:
+    import math
+
     from ..ops.top import render, snapshot
 
-    if args.interval <= 0:
-        raise SpecError(["--interval must be > 0 seconds"])
+    if not math.isfinite(args.interval) or not 0 < args.interval <= MAX_INTERVAL_S:
+        raise SpecError([f"--interval {args.interval}: must be a finite number of seconds > 0 and <= "
+                         f"{MAX_INTERVAL_S:g} — e.g. --interval 2"])
 
     def take() -> dict:
         return snapshot(api.scheduler_call("tenants"), api.scheduler_call("list", args.tenant, "RUNNING"),

@@ -13,6 +13,9 @@ from rich.console import Console
 from .output import EXIT_OK
 
 POLICY_NAMES = ("lorafarm", "fifo", "sjf")
+MAX_GPUS = 10_000_000
+MAX_NODES = 1_000_000
+MAX_GENERATE = 10_000_000
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -37,18 +40,25 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def simulate(args: argparse.Namespace, console: Console) -> int:
+    import math
+
     from ..errors import SpecError
     from ..sim import ClusterSpec, TraceError, dumps, generate, markdown, read_trace, run_policies
     from ..sim.report import plot, tenants_markdown
     from ..spec import load_tenants
 
     problems = []
-    if args.gpus <= 0:
-        problems.append(f"--gpus: {args.gpus:g} must be > 0 — give the cluster's GPU count")
-    if args.nodes is not None and args.nodes < 1:
-        problems.append(f"--nodes: {args.nodes} must be >= 1 — or leave it out for one pool")
-    if args.generate is not None and args.generate < 1:
-        problems.append(f"--generate: {args.generate} must be >= 1 — give a number of jobs")
+    if not math.isfinite(args.gpus) or args.gpus <= 0 or args.gpus > MAX_GPUS:
+        problems.append(f"--gpus: {args.gpus:g} must be a finite number > 0 and <= {MAX_GPUS:,} — give the "
+                        "cluster's GPU count")
+    if args.nodes is not None and not 1 <= args.nodes <= MAX_NODES:
+        problems.append(f"--nodes: {args.nodes} must be between 1 and {MAX_NODES:,} — or leave it out for one pool")
+    if args.generate is not None and not 1 <= args.generate <= MAX_GENERATE:
+        problems.append(f"--generate: {args.generate} must be between 1 and {MAX_GENERATE:,} — give a number of jobs")
+    if not 0 <= args.seed <= 2**63 - 1:
+        problems.append(f"--seed: {args.seed} must be between 0 and 2**63-1")
+    if args.out is not None and Path(args.out).exists() and not Path(args.out).is_dir():
+        problems.append(f"--out: {args.out} is a file, not a directory — give a directory for the summary and plots")
     if not Path(args.tenants).is_file():
         problems.append(f"--tenants: {args.tenants}: no such file — give the tenants YAML file")
     if problems:

@@ -63,21 +63,57 @@ def _sources(args: argparse.Namespace) -> list[str]:
     if not given:
         raise SpecError(["no adapter given — name one: a store URI, a local directory or a job id "
                          "(`lorafarm try JOB_ID --prompt ...`)"])
-    return [api.adapter_source(s, args.store, args.tenant) for s in given]
+    return [_source(s, args.store, args.tenant) for s in given]
+
+
+def _source(source: str, store: str | None, tenant: str | None) -> str:
+    """A URI or a local path as given, with no Ray; a job id in ``--store``/``--tenant``'s store, or
+    from the scheduler of ``RAY_ADDRESS``'s cluster when that is set and neither is given, else
+    in the default store: never whatever cluster ``ray.init("auto")`` would find."""
+    import os
+    from pathlib import Path
+
+    from ..errors import StorageError
+    from ..storage import Store, normalize
+
+    if "://" in source or "/" in source or Path(source).exists():
+        return normalize(source)
+    if store or tenant or os.environ.get("RAY_ADDRESS"):
+        return api.adapter_source(source, store, tenant)
+    try:
+        return Store.open(None).find_job(source) + "/adapter"
+    except StorageError as e:
+        raise StorageError(f"{e} (a local adapter directory? none is called {source!r} here; a job of a "
+                           "scheduler? pass --store, or set RAY_ADDRESS)") from None
+
+
+MAX_NEW_TOKENS = 1 << 20
+MAX_SEED = 2**63 - 1
 
 
 def _check_numbers(args: argparse.Namespace) -> list[float]:
+    """Every numeric flag finite and in range, all problems at once (exit 2)."""
+    import math
+
     problems = []
     scales = args.scale or [1.0]
     for s in scales:
-        if s != s or abs(s) == float("inf"):
-            problems.append(f"--scale {s}: must be a finite number")
+        if not math.isfinite(s):
+            problems.append(f"--scale {s}: must be a finite number (1 = as trained, 0 = the base) — e.g. --scale 0.5 1")
     for opt in ("max_new_tokens", "batch_size", "seq_len", "max_examples"):
         v = getattr(args, opt, None)
         if v is not None and v < 1:
             problems.append(f"--{opt.replace('_', '-')} {v}: must be >= 1")
-    if getattr(args, "temperature", 0) < 0:
-        problems.append(f"--temperature {args.temperature}: must be >= 0 (0 = greedy)")
+    if getattr(args, "max_new_tokens", None) is not None and args.max_new_tokens > MAX_NEW_TOKENS:
+        problems.append(f"--max-new-tokens {args.max_new_tokens}: must be <= {MAX_NEW_TOKENS:,}")
+    if getattr(args, "seq_len", None) is not None and args.seq_len > 1_048_576:
+        problems.append(f"--seq-len {args.seq_len}: must be <= 1,048,576 (the spec's training.seq_len limit)")
+    temperature = getattr(args, "temperature", 0.0)
+    if not math.isfinite(temperature) or temperature < 0:
+        problems.append(f"--temperature {temperature}: must be a finite number >= 0 (0 = greedy)")
+    seed = getattr(args, "seed", 0)
+    if not 0 <= seed <= MAX_SEED:
+        problems.append(f"--seed {seed}: must be between 0 and 2**63-1")
     if problems:
         raise SpecError(problems)
     return list(dict.fromkeys(scales))

@@ -143,57 +143,228 @@ def _check_regular(f: str, fs, path: str) -> None:
                         "forever) — point dataset.uri at regular data files")
 
 
+CHUNK_BYTES = 1 << 20  # JSON/JSONL files are read this much at a time
+
+
+@dataclass
+class _TooLarge:
+    """A row over ``dataset.max_row_bytes``: only its size was kept, never its bytes."""
+
+    size: int
+    limit: int
+    unit: str = "line"
+
+    def problem(self) -> str:
+        return (f"{self.unit} is {self.size:,} bytes, over dataset.max_row_bytes = {self.limit:,} — split the "
+                "example or raise the limit")
+
+
 def _iter_rows(f: str, spec: DatasetSpec):
-    """(row number, row) pairs; JSONL rows are 1-based line numbers, Parquet rows 0-based indices."""
+    """(row number, row) pairs; JSONL rows are 1-based line numbers, Parquet rows 0-based indices.
+
+    JSON and JSONL are read in chunks of ``CHUNK_BYTES``: a line over ``dataset.max_row_bytes``
+    is counted to its end and reported as a :class:`_TooLarge` row without being held, so no more
+    than about ``max_row_bytes + CHUNK_BYTES`` of a file is in memory at once."""
     fs, path = filesystem(f)
     _check_regular(f, fs, path)
     if f.endswith(".parquet"):
         yield from _parquet_rows(f, fs, path, spec)
         return
-    def read() -> bytes:
-        with fs.open(path, "rb") as fh:
-            return fh.read()
-
     try:
-        raw = _io(f, "reading", read)
+        fh = _io(f, "opening", lambda: fs.open(path, "rb"))
     except OSError as e:
         raise _unreadable(f, e) from None
-    text = _decode(f, raw)
-    stripped = text.lstrip()
-    if f.endswith(".json") and stripped.startswith("["):
-        try:
-            rows = json.loads(text)
-        except json.JSONDecodeError as e:
-            raise DataError(f"{_display(f)}: invalid JSON at line {e.lineno} ({e.msg}) — fix the file") from None
-        yield from enumerate(rows)
-        return
-    # JSONL lines end at "\n" only: str.splitlines() would also split inside JSON strings that
-    # hold U+2028/U+2029/U+0085 unescaped (valid JSON), breaking rows and shifting line numbers.
-    for n, line in enumerate(text.split("\n"), start=1):
-        if not line.strip():
-            continue
-        try:
-            yield n, json.loads(line)
-        except json.JSONDecodeError as e:
-            yield n, _Invalid(f"invalid JSON ({e.msg})")
+    with fh:
+        def read(n: int) -> bytes:
+            try:
+                return _io(f, "reading", lambda: fh.read(n))
+            except OSError as e:
+                raise _unreadable(f, e) from None
+
+        first = read(CHUNK_BYTES)
+        if first.startswith(codecs.BOM_UTF8):  # not part of row 1
+            first = first[len(codecs.BOM_UTF8):]
+        head = first.lstrip()
+        while not head and first and len(first) <= 8 * CHUNK_BYTES:  # a file starting with blank space
+            more = read(CHUNK_BYTES)
+            if not more:
+                break
+            first += more
+            head = first.lstrip()
+        if f.endswith(".json") and head.startswith(b"["):
+            yield from _json_array(f, first, read, spec.max_row_bytes)
+            return
+        # JSONL lines end at "\n" only: str.splitlines() would also split inside JSON strings that
+        # hold U+2028/U+2029/U+0085 unescaped (valid JSON), breaking rows and shifting line numbers.
+        for n, line in _lines(first, read, spec.max_row_bytes):
+            if isinstance(line, _TooLarge):
+                yield n, line
+                continue
+            if not line.strip():
+                continue
+            text = _decode_line(f, line, n)
+            try:
+                yield n, json.loads(text)
+            except json.JSONDecodeError as e:
+                yield n, _Invalid(f"invalid JSON ({e.msg})")
 
 
-def _decode(f: str, raw: bytes) -> str:
-    """UTF-8 text without a leading byte-order mark (not part of row 1); a bad byte names its row.
+def _lines(first: bytes, read: Callable[[int], bytes], limit: int):
+    """(line number, bytes of the line without its "\\n", or _TooLarge): at most ``limit`` bytes
+    of a line are kept; a longer one is only counted."""
+    buf = bytearray()
+    over: int | None = None  # bytes of an over-long line counted so far
+    n = 1
+    chunk = first
+    while chunk:
+        start = 0
+        while True:
+            i = chunk.find(b"\n", start)
+            piece = chunk[start:] if i < 0 else chunk[start:i]
+            if over is not None:
+                over += len(piece)
+            else:
+                buf += piece
+                if len(buf) > limit:
+                    over, buf = len(buf), bytearray()
+            if i < 0:
+                break
+            yield n, (_TooLarge(over, limit) if over is not None else bytes(buf))
+            over, buf = None, bytearray()
+            n += 1
+            start = i + 1
+        chunk = read(CHUNK_BYTES)
+    if over is not None:
+        yield n, _TooLarge(over, limit)
+    elif buf:
+        yield n, bytes(buf)
+
+
+def _decode_line(f: str, line: bytes, n: int) -> str:
+    """UTF-8 text of JSONL line ``n``; a bad byte names its row and column.
 
     An encoding error is a file-level problem, also under ``on_bad_rows: skip``: a file saved in
     another encoding has such bytes in many rows, and dropping them would bias the data."""
-    if raw.startswith(codecs.BOM_UTF8):
-        raw = raw[len(codecs.BOM_UTF8):]
     try:
-        return raw.decode("utf-8")
+        return line.decode("utf-8")
     except UnicodeDecodeError as e:
-        line = raw.count(b"\n", 0, e.start) + 1
-        col = e.start - (raw.rfind(b"\n", 0, e.start) + 1) + 1
-        where = f"line {line}" if f.endswith(".json") else f"row {line}"
-        raise DataError(f"{_display(f)}: not UTF-8 text at {where} (byte {raw[e.start]:#04x} at column {col}: "
-                        f"{e.reason}) — save the file as UTF-8 (on_bad_rows: skip does not skip encoding "
-                        "errors)") from None
+        where = f"line {n}" if f.endswith(".json") else f"row {n}"
+        raise DataError(f"{_display(f)}: not UTF-8 text at {where} (byte {line[e.start]:#04x} at column "
+                        f"{e.start + 1}: {e.reason}) — save the file as UTF-8 (on_bad_rows: skip does not skip "
+                        "encoding errors)") from None
+
+
+class _ArrayReader:
+    """A JSON array file, element by element, holding at most about ``limit`` bytes of it."""
+
+    def __init__(self, name: str, first: bytes, read: Callable[[int], bytes], limit: int):
+        self.name, self.read, self.limit = name, read, limit
+        self.text, self.pos = "", 0  # decoded, not yet consumed text starts at ``pos``
+        self.pending = first  # bytes not decoded yet (a character may straddle two reads)
+        self.line_base = 0  # newlines in the text already dropped
+        self.eof = False
+        self.want = CHUNK_BYTES
+
+    def refill(self) -> bool:
+        """Decode more of the file onto the text; False at its end."""
+        data, self.pending = self.pending, b""
+        if not data:
+            if self.eof:
+                return False
+            data = self.read(self.want)
+            self.want = min(self.want * 2, max(self.limit, CHUNK_BYTES))
+            if not data:
+                self.eof = True
+                return False
+        try:
+            chunk, used = codecs.utf_8_decode(data, "strict", False)
+        except UnicodeDecodeError as e:
+            before = data[:e.start]
+            line = self.line_base + self.text.count("\n") + before.count(b"\n") + 1
+            nl = before.rfind(b"\n")
+            tail = self.text[self.text.rfind("\n") + 1:]
+            col = e.start - nl if nl >= 0 else len(tail.encode()) + e.start + 1
+            raise DataError(f"{self.name}: not UTF-8 text at line {line} (byte {data[e.start]:#04x} at column {col}: "
+                            f"{e.reason}) — save the file as UTF-8 (on_bad_rows: skip does not skip encoding "
+                            "errors)") from None
+        self.pending = data[used:]
+        if not chunk and self.pending and self.eof:
+            raise DataError(f"{self.name}: not UTF-8 text at the end of the file (a truncated character) — save "
+                            "the file as UTF-8")
+        self.line_base += self.text.count("\n", 0, self.pos)
+        self.text, self.pos = self.text[self.pos:] + chunk, 0
+        return True
+
+    def skip_space(self) -> None:
+        while True:
+            while self.pos < len(self.text) and self.text[self.pos] in " \t\r\n":
+                self.pos += 1
+            if self.pos < len(self.text) or not self.refill():
+                return
+
+    def line(self, p: int | None = None) -> int:
+        return self.line_base + self.text.count("\n", 0, self.pos if p is None else p) + 1
+
+    def invalid(self, what: str) -> DataError:
+        return DataError(f"{self.name}: invalid JSON at line {self.line()} ({what}) — fix the file")
+
+    def rows(self):
+        decoder = json.JSONDecoder()
+        self.skip_space()
+        self.pos += 1  # the "["
+        index = 0
+        while True:
+            self.skip_space()
+            if self.pos >= len(self.text):
+                raise self.invalid("the array is not closed")
+            if self.text[self.pos] == "]":
+                self.pos += 1
+                self.skip_space()
+                if self.pos < len(self.text):
+                    raise self.invalid("extra data after the array")
+                return
+            if index:
+                if self.text[self.pos] != ",":
+                    raise self.invalid("expected ',' or ']'")
+                self.pos += 1
+                self.skip_space()
+            while True:
+                try:
+                    value, end = decoder.raw_decode(self.text, self.pos)
+                    if end < len(self.text) or self.eof:  # a number could go on in the next read
+                        break
+                except json.JSONDecodeError as e:
+                    if self.eof:
+                        raise DataError(f"{self.name}: invalid JSON at line {self.line_base + e.lineno} ({e.msg}) — "
+                                        "fix the file") from None
+                if len(self.text[self.pos:].encode()) > self.limit:
+                    raise DataError(
+                        f"{self.name}: element {index} (from line {self.line()}) does not end within "
+                        f"dataset.max_row_bytes = {self.limit:,} bytes (too large, or invalid JSON) — split the "
+                        "example, write the file as JSONL, or raise the limit")
+                self.refill()
+            yield index, value
+            self.pos = end
+            index += 1
+
+
+def _json_array(f: str, first: bytes, read: Callable[[int], bytes], limit: int):
+    """(index, element) of a JSON array file, parsed element by element from a bounded buffer."""
+    yield from _ArrayReader(_display(f), first, read, limit).rows()
+
+
+def _row_bytes(row: dict[str, Any], spec: DatasetSpec) -> int:
+    """UTF-8 bytes of a row's text cells (the columns its format reads)."""
+    total = 0
+    for column, _, is_messages in _required_columns(spec):
+        value = row.get(column)
+        if isinstance(value, str):
+            total += len(value.encode())
+        elif is_messages and isinstance(value, list):
+            for m in value:
+                if isinstance(m, dict):
+                    total += sum(len(v.encode()) for v in m.values() if isinstance(v, str))
+    return total
 
 
 def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
@@ -224,8 +395,9 @@ def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
         for g, n in enumerate(groups):
             if not n:
                 continue
+            columns = [c for c, _, _ in _required_columns(spec)]
             try:
-                rows = _io(f, f"reading row group {g} of", lambda g=g: pf.read_row_group(g).to_pylist())
+                table = _io(f, f"reading row group {g} of", lambda g=g, columns=columns: pf.read_row_group(g, columns=columns))
             except StorageError:
                 raise
             except (PermissionError, FileNotFoundError) as e:  # e.g. the object was deleted mid-read
@@ -235,8 +407,11 @@ def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
                     f"{name}: row group {g} of {len(groups)} (rows {start}-{start + n - 1}) is corrupt ({_reason(e)})"
                     " — re-write the file from its source or remove it from dataset.uri (on_bad_rows: skip does not"
                     " skip corrupt data)") from None
-            for i, row in enumerate(rows):
-                yield start + i, row
+            for off in range(0, table.num_rows, 1024):  # Python objects for a slice at a time
+                for i, row in enumerate(table.slice(off, 1024).to_pylist(), start=start + off):
+                    size = _row_bytes(row, spec)
+                    yield i, (_TooLarge(size, spec.max_row_bytes, "row") if size > spec.max_row_bytes else row)
+            del table
             start += n
 
 
@@ -347,6 +522,13 @@ def read_examples(uri: str, spec: DatasetSpec) -> tuple[pa.Table, BadRowReport]:
     for f in list_files(uri):
         name = _display(f)
         for n, raw in _iter_rows(f, spec):
+            if isinstance(raw, _TooLarge):
+                if spec.on_bad_rows == "error":
+                    raise DataError(f"{name}: {raw.unit} {n} is {raw.size:,} bytes, over dataset.max_row_bytes = "
+                                    f"{raw.limit:,} — split the example or raise the limit (or set "
+                                    "dataset.on_bad_rows: skip)")
+                report.add(f"{name} row {n}", raw.problem())
+                continue
             example, problem = check_row(raw, spec)
             if problem:
                 if spec.on_bad_rows == "error":

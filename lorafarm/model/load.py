@@ -35,7 +35,7 @@ def resolve_base(base_model: str) -> Path:
     if base_model == tiny.TINY_NAME:
         out = cache_root() / "models" / f"{tiny.TINY_NAME}-seed{tiny.TINY_SEED}"
         if not _marker_dir(out):
-            _materialise(out, tiny.export)
+            _materialise(out, tiny.write_dir)
         return out
     if is_remote(base_model):
         key = hashlib.sha256(base_model.encode()).hexdigest()[:16]

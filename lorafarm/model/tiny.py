@@ -83,10 +83,20 @@ def build_model(dtype=None):
     return model
 
 
-def export(directory: str | Path) -> Path:
-    """Write tiny-llama as a Hugging Face directory (config, safetensors, tokenizer)."""
-    out = Path(directory)
+def write_dir(out: Path) -> Path:
+    """Write tiny-llama's files (config, safetensors, tokenizer) into the directory ``out``."""
     out.mkdir(parents=True, exist_ok=True)
     build_model().save_pretrained(out, safe_serialization=True)
     build_tokenizer().save_pretrained(out)
+    return out
+
+
+def export(directory: str | Path, force: bool = False) -> Path:
+    """Write tiny-llama as a Hugging Face directory: ``directory`` must be new or empty (``force``:
+    replaced whole); written beside it and renamed into place, with normal file modes."""
+    from ..storage import check_output_dir, output_dir
+
+    out = check_output_dir(directory, force, "DIR")
+    with output_dir(out, force, "DIR") as tmp:
+        write_dir(tmp)
     return out

@@ -106,12 +106,33 @@ def read_trace(path: str | Path, fmt: str = "auto", keep_cpu_jobs: bool = False)
     path = Path(path)
     if not path.exists():
         raise TraceError(f"{path}: no such file or directory — check the --trace path")
-    if fmt == "auto":
-        fmt = _detect(path)
-    if fmt not in FORMATS:
-        raise TraceError(f"{path}: unknown trace format {fmt!r} — use one of {', '.join(FORMATS)}")
-    reader = {"lorafarm": _read_lorafarm, "philly": _read_philly, "helios": _read_helios, "pai": _read_pai}[fmt]
-    jobs = reader(path) if fmt != "helios" else _read_helios(path, keep_cpu_jobs)
+    try:
+        if fmt == "auto":
+            fmt = _detect(path)
+        if fmt not in FORMATS:
+            raise TraceError(f"{path}: unknown trace format {fmt!r} — use one of {', '.join(FORMATS)}")
+        reader = {"lorafarm": _read_lorafarm, "philly": _read_philly, "helios": _read_helios, "pai": _read_pai}[fmt]
+        jobs = reader(path) if fmt != "helios" else _read_helios(path, keep_cpu_jobs)
+    except UnicodeDecodeError as e:
+        raise TraceError(f"{path}: not UTF-8 text (byte {e.start}) — give a trace as UTF-8 CSV or JSON, or "
+                         "as Parquet") from None
+    except json.JSONDecodeError as e:
+        raise TraceError(f"{path}: invalid JSON at line {e.lineno} ({e.msg}) — a Philly trace is "
+                         "cluster_job_log JSON; fix the file") from None
+    except csv.Error as e:
+        raise TraceError(f"{path}: not a readable CSV file ({e}) — fix the file") from None
+    except (AttributeError, TypeError, KeyError, IndexError) as e:
+        raise TraceError(f"{path}: not a {fmt} trace (unexpected structure: {type(e).__name__}: {e}) — check "
+                         "the file and its format") from None
+    except OSError as e:
+        raise TraceError(f"{path}: cannot read it ({e.strerror or e}) — check the --trace path") from None
+    except TraceError:
+        raise
+    except Exception as e:  # noqa: BLE001 - pyarrow raises many kinds for a file that is not Parquet
+        if type(e).__module__.startswith("pyarrow"):
+            raise TraceError(f"{path}: not a readable Parquet file ({' '.join(str(e).split())[:200]}) — "
+                             "re-write it") from None
+        raise
     if not jobs:
         raise TraceError(f"{path}: no runnable jobs in the trace — check the file is a {fmt} trace")
     return normalise(jobs)
@@ -124,7 +145,7 @@ def _detect(path: Path) -> str:
         raise TraceError(f"{path}: a directory, but no pai_task_table.csv in it — pass a trace file")
     if path.suffix == ".parquet":
         return "lorafarm"
-    with path.open() as f:
+    with path.open(encoding="utf-8") as f:
         head = f.read(4096)
     if path.suffix == ".json" or head.lstrip().startswith(("[", "{")):
         return "philly"
@@ -172,7 +193,7 @@ def _read_lorafarm(path: Path) -> list[SimJob]:
 
         rows = pq.read_table(path).to_pylist()
     else:
-        with path.open(newline="") as f:
+        with path.open(newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
     missing = [c for c in COLUMNS[:6] if rows and c not in rows[0]]
     if missing:
@@ -209,7 +230,7 @@ def _time(value: object, where: str) -> float:
 
 
 def _read_philly(path: Path) -> list[SimJob]:
-    data = json.loads(path.read_text())
+    data = json.loads(path.read_text(encoding="utf-8"))
     jobs = []
     for i, rec in enumerate(data if isinstance(data, list) else [data]):
         attempts = rec.get("attempts") or []
@@ -231,7 +252,7 @@ def _read_philly(path: Path) -> list[SimJob]:
 
 def _read_helios(path: Path, keep_cpu_jobs: bool = False) -> list[SimJob]:
     jobs = []
-    with path.open(newline="") as f:
+    with path.open(newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.DictReader(f)):
             where = f"{path}: row {i + 2}"
             gpus = _num(row.get("gpu_num") or 0, where, "gpu_num")
@@ -253,12 +274,12 @@ def _read_pai(path: Path) -> list[SimJob]:
     job_file = path / "pai_job_table.csv" if path.is_dir() else None
     users: dict[str, str] = {}
     if job_file is not None and job_file.exists():
-        with job_file.open(newline="") as f:
+        with job_file.open(newline="", encoding="utf-8") as f:
             for row in csv.reader(f):
                 if len(row) >= 3:
                     users[row[0]] = row[2]
     shapes: dict[str, list] = {}  # job -> [submit, end, GPU workers, GPUs/worker, CPUs/worker]
-    with task_file.open(newline="") as f:
+    with task_file.open(newline="", encoding="utf-8") as f:
         for i, row in enumerate(csv.reader(f)):
             if len(row) < 10 or row[0] == "job_name":
                 continue

@@ -1,5 +1,6 @@
 """Object storage: URIs to filesystems, the store layout, atomic publishing."""
 
+from .outdir import check_output_dir, output_dir
 from .retry import is_transient, with_retries
 from .store import (
     MANIFEST,
@@ -20,6 +21,7 @@ from .uri import filesystem, is_remote, join, normalize, s3_options, scheme_of
 __all__ = [
     "MANIFEST",
     "Store",
+    "check_output_dir",
     "check_name",
     "default_store",
     "download_dir",
@@ -30,6 +32,7 @@ __all__ = [
     "join",
     "new_job_id",
     "normalize",
+    "output_dir",
     "publish_dir",
     "read_bytes",
     "read_manifest",

@@ -38,7 +38,7 @@ def dataset_spec(adapter: Adapter, uri: str, fmt: str | None) -> DatasetSpec:
     """The adapter's dataset settings (columns, format) pointed at ``uri``."""
     trained = adapter.spec.get("dataset") or {}
     return DatasetSpec(uri=uri, format=fmt or trained.get("format") or adapter.format,
-                       **{k: trained[k] for k in _COLUMNS if trained.get(k)})
+                       **{k: trained[k] for k in (*_COLUMNS, "max_row_bytes") if trained.get(k)})
 
 
 def label_set(examples: list[dict[str, Any]], fmt: str, labels: str | None) -> list[str] | None:

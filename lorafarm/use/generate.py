@@ -17,6 +17,7 @@ from ..storage import filesystem
 from .load import Session
 
 Prompt = str | list[dict[str, str]]
+MAX_PROMPTS_BYTES = 64 << 20
 
 
 def load_prompts(uri: str) -> list[Prompt]:
@@ -24,10 +25,23 @@ def load_prompts(uri: str) -> list[Prompt]:
     or ``messages`` (a chat; trailing assistant turns are dropped)."""
     fs, path = filesystem(uri)
     try:
+        if fs.isdir(path):
+            raise SpecError([f"--prompts: {uri} is a directory — give a text file (one prompt a line) or JSONL"])
+        size = fs.size(path)
+        if size is not None and size > MAX_PROMPTS_BYTES:
+            raise SpecError([f"--prompts: {uri} is {size:,} bytes, over {MAX_PROMPTS_BYTES:,} — give a smaller "
+                             "file of prompts"])
         with fs.open(path, "rb") as f:
-            text = f.read().decode("utf-8")
+            raw = f.read(MAX_PROMPTS_BYTES + 1)
     except FileNotFoundError:
         raise SpecError([f"--prompts: {uri} not found — give a text file (one prompt a line) or JSONL"]) from None
+    except OSError as e:
+        raise SpecError([f"--prompts: {uri}: cannot read it ({e.strerror or e}) — give a readable text file"]) from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise SpecError([f"--prompts: {uri}: not UTF-8 text (byte {e.start}: {raw[e.start]:#04x}) — give a text "
+                         "file (one prompt a line) or JSONL, saved as UTF-8"]) from None
     prompts: list[Prompt] = []
     for n, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -44,6 +58,9 @@ def load_prompts(uri: str) -> list[Prompt]:
             prompts.append(row.get("prompt", row.get("text")))
         elif isinstance(row.get("messages"), list):
             msgs = [m for m in row["messages"] if isinstance(m, dict)]
+            if len(msgs) != len(row["messages"]) or not all(
+                    isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in msgs):
+                raise SpecError([f"--prompts: {uri} line {n}: every message needs string 'role' and 'content'"])
             while msgs and msgs[-1].get("role") == "assistant":
                 msgs.pop()
             if not msgs:
