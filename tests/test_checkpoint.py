@@ -25,10 +25,10 @@ ROOT = HERE.parent
 
 
 
-def _spec(**training):
+def _spec(dropout: float = 0.0, **training):
     return validate_spec({
         "tenant": "t", "name": "resume", "dataset": {"uri": str(ROOT / "jobs/data/pirate_text.jsonl"), "eval_fraction": 0.1},
-        "lora": {"r": 4, "dropout": 0.0},
+        "lora": {"r": 4, "dropout": dropout},
         "training": {"max_steps": 6, "global_batch_size": 4, "micro_batch_size": 1, "seq_len": 64,
                      "learning_rate": 3e-3, "warmup_steps": 1, "checkpoint_every_steps": 0, "keep_last": 2,
                      **training},
@@ -99,8 +99,9 @@ def test_stop_mid_epoch_and_resume_gives_the_uninterrupted_adapter(baseline):
     assert [c["step"] for c in first["checkpoints"]] == [3]
     ref = latest_checkpoint(str(tmp / "store/t/stopped"))
     assert ref is not None and ref.step == 3
-    names = set(ref.marker["files"]) | set(ref.marker["rng_files"])
-    assert names == {"weights.safetensors", "optimizer.safetensors", "state.json", "rng-rank-0.pt"}
+    assert ref.marker["rng_files"] == ["rng-rank-0.pt"]  # every file, RNG files included, has its sha256
+    assert set(ref.marker["files"]) == {"weights.safetensors", "optimizer.safetensors", "state.json", "rng-rank-0.pt"}
+    assert all(len(m["sha256"]) == 64 and m["size"] > 0 for m in ref.marker["files"].values())
     state = json.loads((tmp / "store/t/stopped/checkpoints/step-3/state.json").read_text())
     assert state["samples_seen"] == 12 and state["step"] == 3 and state["optimizer_step"] == 3
     assert state["spec_digest"].startswith("sha256:") and state["resume_digest"] == ref.marker["resume_digest"]
@@ -123,6 +124,38 @@ def test_elastic_resume_on_two_workers_under_zero3_after_one_under_zero1(baselin
     assert second["resumed_from"] == 2 and second["published"]
     assert second["losses"] == pytest.approx(whole_losses, rel=1e-5)
     assert _max_diff(_adapter(tmp, "elastic"), whole) <= 1e-5  # float tolerance: sums split over 2 ranks
+
+
+@pytest.mark.integration
+def test_elastic_resume_with_dropout_is_exact_across_worker_counts(tmp_path, baseline):
+    """Dropout masks come from (seed, step, row of the global batch), not from a rank's RNG
+    stream: stopped on 1 worker, resumed on 2 (another micro batch too), the adapter is the
+    uninterrupted 1-worker run's within 1e-5 — and dropout did change it."""
+    _, no_dropout, _ = baseline
+    whole = _run(tmp_path, _spec(dropout=0.2), "whole-dropout", world=1)
+    assert whole["published"]
+    first = _run(tmp_path, _spec(dropout=0.2), "elastic-dropout", world=1, stage=1, stop_after=3)
+    assert first["preempted_at"] == 3
+    second = _run(tmp_path, _spec(dropout=0.2, micro_batch_size=2), "elastic-dropout", world=2, stage=2)
+    assert second["resumed_from"] == 3 and second["published"]
+    assert second["losses"] == pytest.approx(whole["losses"], rel=1e-5)
+    reference = _adapter(tmp_path, "whole-dropout")
+    assert _max_diff(_adapter(tmp_path, "elastic-dropout"), reference) <= 1e-5
+    assert _max_diff(reference, no_dropout) > 1e-4  # the masks were really applied
+
+
+def test_a_corrupt_rng_file_falls_back_to_the_checkpoint_before(baseline):
+    tmp, whole, _ = baseline
+    spec = _spec(checkpoint_every_steps=1, keep_last=2)
+    first = _run(tmp, spec, "rng-fallback", world=1, stop_after=4)
+    assert first["preempted_at"] == 4
+    rng = tmp / "store/t/rng-fallback/checkpoints/step-4/rng-rank-0.pt"
+    data = bytearray(rng.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    rng.write_bytes(bytes(data))
+    second = _run(tmp, spec, "rng-fallback", world=1)
+    assert second["resumed_from"] == 3 and second["published"]
+    assert _max_diff(_adapter(tmp, "rng-fallback"), whole) <= 1e-6
 
 
 def test_periodic_checkpoints_are_pruned_to_keep_last(tmp_path):
