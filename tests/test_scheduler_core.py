@@ -336,7 +336,7 @@ def test_typed_events_update_progress_logs_and_metrics(env):
     assert s["progress"]["step"] == 2 and s["progress"]["tokens_seen"] == 1024 and "eval_loss" not in s["progress"]
     assert s["last_checkpoint_step"] == 2
     lines = " | ".join(core.logs_since(job)[0])
-    for text in ("preparing data", "data: {'examples': 3} (cache hit)", "step 1/10 loss 1.9000 1000 tok/s eval 2.5000",
+    for text in ("preparing data", "data: 3 examples (cache hit)", "step 1/10 loss 1.9000 1000 tok/s eval 2.5000",
                  "checkpoint at step 2 (4096 bytes, 0.50 s)", "worker error: worker 1 died — Ray Train restarts",
                  "resumed from checkpoint step 2"):
         assert text in lines

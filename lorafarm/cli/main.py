@@ -15,22 +15,31 @@ import sys
 
 from rich.console import Console
 
+from ..rayio import quiet_ray
 from . import job_cmds, ops_cmds, service_cmds, sim_cmds, use_cmds
 from .output import Parser, run_command
 
 COMMAND_MODULES = (job_cmds, service_cmds, use_cmds, sim_cmds, ops_cmds)  # in `lorafarm --help` order
 
 
+VERBOSE_HELP = "show Ray's own INFO lines and driver messages (hidden by default)"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(prog="lorafarm", description="Multi-tenant LoRA fine-tuning on Ray + DeepSpeed.")
+    parser.add_argument("--verbose", "-v", action="store_true", help=VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=Parser)
     for module in COMMAND_MODULES:
         module.register(sub)
+    for command in sub.choices.values():  # `lorafarm status JOB --verbose` works too
+        if "--verbose" not in command._option_string_actions:
+            command.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=VERBOSE_HELP)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet_ray(getattr(args, "verbose", False))  # before any command imports Ray
     return run_command(args.handler, args, Console(stderr=True))
 
 

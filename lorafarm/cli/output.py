@@ -33,6 +33,31 @@ class Parser(argparse.ArgumentParser):
         sys.exit(EXIT_USAGE)
 
 
+def number(minimum: float, *, above: bool = False, integer: bool = False,
+           maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse ``type``: a finite number >= ``minimum`` (> when ``above``), at most
+    ``maximum``, an integer when ``integer``; anything else is a usage error (exit 2) naming the flag."""
+    import math
+
+    bound = f"> {minimum:g}" if above else f">= {minimum:g}"
+    if maximum is not None:
+        bound += f" and <= {maximum:g}"
+    kind = "an integer" if integer else "a finite number"
+
+    def parse(text: str) -> float:
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{text!r} is not {kind} — use {kind} {bound}") from None
+        if not math.isfinite(value) or value < minimum or (above and value == minimum) or (
+                maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(f"{text} is out of range — use {kind} {bound}")
+        return value
+
+    parse.__name__ = "integer" if integer else "number"  # argparse names the type in its messages
+    return parse
+
+
 def emit_json(obj: Any) -> None:
     """One JSON object as one stdout line (``--json``: scripts read the last line)."""
     sys.stdout.write(json.dumps(obj, default=str) + "\n")

@@ -15,19 +15,30 @@ from rich.console import Console
 from rich.table import Column, Table
 
 from .. import api
+from ..errors import SchedulerUnavailable, SpecError
 from .args import STORE_HELP, add_spec_args
-from .output import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit_json
+from .output import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit_json, number, warn
 
 EXIT_BY_STATE = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "CANCELLED": EXIT_CANCELLED}
+
+
+RESTART_WAIT_S = 120.0  # how long `submit --wait` / `status --watch` wait for a restarted scheduler
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="start the scheduler on the current Ray cluster (harmless if running)")
     p.add_argument("--store", help=STORE_HELP)
-    p.add_argument("--tenants", help="tenants file (YAML): quotas, weights, priority classes")
-    p.add_argument("--metrics-port", type=int, default=None, help="serve Prometheus /metrics on this port")
-    p.add_argument("--hang-timeout", type=float, default=1800.0, help="fail a job with no progress for this long (s)")
-    p.add_argument("--reserve-cpus", type=float, default=0.0, help="logical CPUs kept free for data tasks")
+    p.add_argument("--tenants", help="tenants file (YAML): quotas, weights, priority classes "
+                                     "(default: the one the last `serve` of this store was given)")
+    p.add_argument("--metrics-port", type=number(1, integer=True, maximum=65535), default=None,
+                   help="serve Prometheus /metrics on this port (default: the last serve's, else none)")
+    p.add_argument("--hang-timeout", type=number(0, above=True), default=None,
+                   help="fail a job with no progress for this long, in s (default: the last serve's, else 1800)")
+    p.add_argument("--reserve-cpus", type=number(0), default=None,
+                   help="logical CPUs kept free for data tasks (default: the last serve's, else 0)")
+    p.add_argument("--reload-tenants", action="store_true",
+                   help="when a scheduler already runs: validate --tenants and swap it in (a bad file is refused "
+                        "and the old one kept)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=serve)
 
@@ -53,7 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("list", help="jobs, optionally by tenant and state")
     p.add_argument("--tenant")
-    p.add_argument("--state")
+    p.add_argument("--state", help="QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=list_jobs)
 
@@ -62,19 +73,60 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(handler=tenants)
 
 
-def serve(args: argparse.Namespace, console: Console) -> int:
+def _read_tenants(path: str | None) -> str | None:
+    """The tenants file's text, validated here with every problem (nothing starts otherwise)."""
+    if path is None:
+        return None
     from ..spec import load_tenants
+
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError([f"--tenants {path}: no such file — give the path of a tenants YAML file"]) from None
+    except IsADirectoryError:
+        raise SpecError([f"--tenants {path}: is a directory — give the path of a tenants YAML file"]) from None
+    except UnicodeDecodeError as e:
+        raise SpecError([f"--tenants {path}: not UTF-8 text (byte {e.start}) — give a tenants YAML file"]) from None
+    except OSError as e:
+        raise SpecError([f"--tenants {path}: cannot be read ({e.strerror}) — check the path and its permissions"]) \
+            from None
+    load_tenants(text)  # refuse a bad tenants file here, with every problem
+    return text
+
+
+def serve(args: argparse.Namespace, console: Console) -> int:
     from ..storage import Store
 
-    tenants_text = Path(args.tenants).read_text() if args.tenants else None
-    if tenants_text is not None:
-        load_tenants(tenants_text)  # refuse a bad tenants file here, with every problem
+    tenants_text = _read_tenants(args.tenants)
+    if args.reload_tenants and tenants_text is None:
+        raise SpecError(["--reload-tenants: give the new file with --tenants FILE"])
     store = Store.open(args.store)
     created = api.start_scheduler(store.root, tenants_text, args.metrics_port, args.hang_timeout, args.reserve_cpus)
-    verb = "started" if created else "already running"
-    console.print(f"lorafarm scheduler {verb} (store {store.root})", highlight=False)
+    info = api.scheduler_call("ping")  # what it REALLY runs with (a running one may serve another store)
+    reloaded = False
+    out = console if args.json else Console(highlight=False)  # human lines to stdout; --json keeps stdout for JSON
+    if not created:
+        if args.store and info["store"] != store.root:
+            warn(console, f"--store {store.root} ignored: the running scheduler serves {info['store']} (one "
+                          "scheduler per Ray cluster)")
+        if tenants_text is not None and tenants_text != info.get("tenants_text"):
+            if not args.reload_tenants:
+                raise SpecError([f"--tenants {args.tenants}: the running scheduler has a different tenants file — "
+                                 f"swap it in with `lorafarm serve --tenants {args.tenants} --reload-tenants`"])
+            info = api.scheduler_call("reload_tenants", tenants_text)
+            reloaded = True
+        config = info.get("config") or {}
+        for flag, key, value in (("--metrics-port", "metrics_port", args.metrics_port),
+                                 ("--hang-timeout", "hang_timeout_s", args.hang_timeout),
+                                 ("--reserve-cpus", "reserve_cpus", args.reserve_cpus)):
+            if value is not None and key in config and value != config[key]:
+                warn(console, f"{flag} {value:g} ignored: the running scheduler has {config[key]} (it applies when "
+                              "a scheduler starts)")
+    verb = "started" if created else ("running; tenants file reloaded" if reloaded else "already running")
+    out.print(f"lorafarm scheduler {verb} (store {info['store']})", highlight=False, soft_wrap=True)
     if args.json:
-        emit_json({"created": created, "store": store.root})
+        emit_json({"created": created, "store": info["store"], "reloaded": reloaded,
+                   "config": info.get("config"), "jobs": info.get("jobs"), "running": info.get("running")})
     return EXIT_OK
 
 
@@ -95,9 +147,11 @@ def submit(args: argparse.Namespace, console: Console) -> int:
     return wait_for(job_id, console, args.json, cancel_on_signal=True)
 
 
-def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: bool) -> int:
+def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: bool,
+             restart_wait_s: float = RESTART_WAIT_S) -> int:
     """Follow a job to its end with a progress bar; SIGINT/SIGTERM cancel it (so `ray job stop`
-    on the submission cancels the lorafarm job)."""
+    on the submission cancels the lorafarm job). A scheduler that dies or restarts meanwhile is
+    waited for (up to ``restart_wait_s``): the restarted one recovers the job, and it is followed on."""
     from .progress import JobProgress
 
     stop = {"signal": None}
@@ -109,13 +163,30 @@ def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: boo
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
     last_step = 0
+    gone_since: float | None = None
     with JobProgress(console, enabled=not as_json) as progress:
         while True:
-            if stop["signal"] is not None:
-                console.print(f"signal {stop['signal']}: cancelling {job_id}")
-                summary = api.scheduler_call("cancel", job_id)
-                break
-            summary = api.scheduler_call("status", job_id, timeout=30)
+            try:
+                if stop["signal"] is not None:
+                    console.print(f"signal {stop['signal']}: cancelling {job_id}")
+                    summary = api.scheduler_call("cancel", job_id)
+                    break
+                summary = api.scheduler_call("status", job_id, timeout=30)
+            except SchedulerUnavailable as e:
+                now = time.monotonic()
+                if gone_since is None:
+                    gone_since = now
+                    console.print(f"[yellow]{e}[/] — waiting up to {restart_wait_s:.0f} s for it to come back, "
+                                  f"then following {job_id} on", highlight=False, soft_wrap=True)
+                elif now - gone_since > restart_wait_s:
+                    raise SchedulerUnavailable(f"{e}; stopped following {job_id} after waiting {restart_wait_s:.0f} s "
+                                               f"— see `lorafarm status {job_id}` once it is back") from None
+                time.sleep(1.0)
+                continue
+            if gone_since is not None:
+                console.print(f"the scheduler is back: following {job_id} ({summary['state']})", highlight=False)
+                gone_since = None
+                last_step = 0
             p = summary.get("progress") or {}
             if p.get("step", 0) > last_step:
                 last_step = p["step"]
@@ -151,13 +222,92 @@ def status(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         emit_json(summary)
     else:
-        for key in ("job_id", "tenant", "state", "reason", "adapter_uri", "progress"):
-            if summary.get(key) not in (None, {}):
-                console.print(f"{key}: {summary[key]}", highlight=False)
+        for line in status_lines(summary, time.time()):
+            print(line)
     return EXIT_OK
 
 
+def status_lines(s: dict[str, Any], now: float) -> list[str]:
+    """``lorafarm status``'s text: what the job is, its times (local) and durations, progress and metrics."""
+    rows: list[tuple[str, str]] = [("job", s["job_id"]), ("name", s.get("name") or ""), ("tenant", s["tenant"]),
+                                   ("state", s["state"])]
+    if s.get("priority"):
+        rows.append(("priority", str(s["priority"])))
+    if s.get("workers"):
+        rows.append(("workers", str(s["workers"])))
+    submitted, started, ended = s.get("submitted_at"), s.get("started_at"), s.get("ended_at")
+    if submitted:
+        rows.append(("submitted", local_time(submitted)))
+    if started:
+        rows.append(("started", f"{local_time(started)} (queued {duration(started - submitted)})" if submitted
+                     else local_time(started)))
+    if ended:
+        ran = f"ran {duration(ended - started)}" if started else f"after {duration(ended - (submitted or ended))}"
+        rows.append(("ended", f"{local_time(ended)} ({ran})"))
+    elif s["state"] == "RUNNING" and started:
+        rows.append(("running for", duration(now - started)))
+    elif s["state"] == "QUEUED" and submitted:
+        rows.append(("queued for", duration(now - submitted)))
+    if s.get("attempts", 0) > 1:
+        rows.append(("attempts", str(s["attempts"])))
+    if p := progress_text(s.get("progress") or {}):
+        rows.append(("progress", p))
+    if s.get("last_checkpoint_step"):
+        rows.append(("checkpoint", f"step {s['last_checkpoint_step']}"))
+    if m := s.get("metrics"):
+        rows.append(("metrics", ", ".join(f"{k} {_num(v)}" for k, v in m.items() if v is not None)))
+    if s.get("adapter_uri"):
+        rows.append(("adapter", s["adapter_uri"]))
+    if s.get("reason"):
+        rows.append(("reason", s["reason"]))
+    width = max(len(k) for k, _ in rows) + 1
+    return [f"{k + ':':<{width}} {v}" for k, v in rows if v != ""]
+
+
+def progress_text(p: dict[str, Any]) -> str:
+    """A job's last step as text: step, loss, eval loss, throughput, step time, tokens, GPU memory, MFU."""
+    if "step" not in p:
+        return ""
+    parts = [f"step {p['step']}/{p['total_steps']} ({100 * p['step'] / p['total_steps']:.0f}%)"
+             if p.get("total_steps") else f"step {p['step']}"]
+    for key, fmt in (("loss", "loss {:.4f}"), ("eval_loss", "eval loss {:.4f}"), ("lr", "lr {:.3g}"),
+                     ("tokens_per_s", "{:,.0f} tok/s"), ("step_time_s", "{:.2f} s/step"),
+                     ("tokens_seen", "{:,} tokens"), ("gpu_memory_bytes", None), ("mfu", "MFU {:.0%}")):
+        if p.get(key) is None:
+            continue
+        if key == "gpu_memory_bytes":
+            parts.append(f"GPU memory {p[key] / 2**30:.1f} GiB")
+        else:
+            parts.append(fmt.format(p[key]))
+    return " · ".join(parts)
+
+
+def local_time(t: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S %Z", time.localtime(t))
+
+
+def duration(seconds: float) -> str:
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
+    minutes, sec = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {sec} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes} min" if hours < 48 else f"{hours // 24} d {hours % 24} h"
+
+
+def _num(v: Any) -> str:
+    if isinstance(v, bool) or not isinstance(v, int | float):
+        return str(v)
+    return f"{v:,}" if isinstance(v, int) else f"{v:.4g}"
+
+
 def list_jobs(args: argparse.Namespace, console: Console) -> int:
+    if args.state is not None:
+        from ..scheduler.state import check_state
+
+        check_state(args.state)  # before reaching the cluster: a bad state is a usage error
     jobs = api.scheduler_call("list", args.tenant, args.state)
     if args.json:
         emit_json(jobs)
@@ -179,7 +329,7 @@ def cancel(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         emit_json(summary)
     else:
-        console.print(f"{args.job}: {summary['state']}")
+        print(f"{args.job}: {summary['state']}")
     return EXIT_OK
 
 
@@ -188,8 +338,8 @@ def events(args: argparse.Namespace, console: Console) -> int:
         if args.json:
             sys.stdout.write(json.dumps(event) + "\n")
         else:
-            when = time.strftime("%H:%M:%S", time.localtime(event["time"]))
-            console.print(f"{when} {event['state']:<10} {event['kind']:<16} {event['message']}", highlight=False)
+            when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(event["time"]))
+            print(f"{when} {event['state']:<10} {event['kind']:<16} {event['message']}", flush=True)
     return EXIT_OK
 
 

@@ -25,7 +25,7 @@ from .joblog import JobLogs
 from .records import RecordStore
 from .reports import LiveRun, apply_event
 from .seams import Capacity, Clock, Launcher
-from .state import EventKind, JobRecord, JobState
+from .state import EventKind, JobRecord, JobState, check_state
 from .trust import trust_problems
 from .usage import Chargeback, tenants_usage
 
@@ -128,6 +128,8 @@ class SchedulerCore:
             return self._get(job_id).summary()
 
     def list(self, tenant: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+        if state is not None:
+            check_state(state)
         with self.lock:
             return [j.summary() for j in sorted(self.jobs.values(), key=lambda j: j.submitted_at)
                     if (tenant is None or j.tenant == tenant) and (state is None or j.state.value == state.upper())]
@@ -174,6 +176,11 @@ class SchedulerCore:
             run.last_progress = now
             if apply_event(event, record, run, self.metrics, lambda line: self._log(job_id, line), now):
                 self.records.save(record)
+
+    def reload_tenants(self, tenants: TenantsConfig) -> None:
+        """Swap the tenants file (validated by the caller); queued and running jobs stay as they are."""
+        with self.lock:
+            self.tenants = tenants
 
     def ping(self) -> dict[str, Any]:
         with self.lock:

@@ -52,7 +52,8 @@ def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics,
         case Phase():
             log(event.phase)
         case DataReady():
-            log(f"data: {event.stats}" + (" (cache hit)" if event.cache_hit else ""))
+            log("data: " + (", ".join(f"{v} {k}" for k, v in event.stats.items()) or "ready")
+                + (" (cache hit)" if event.cache_hit else ""))
         case WorkerError():
             retry = " — Ray Train restarts the workers from the latest checkpoint" if event.retryable else ""
             record.note(now, EventKind.FAILURE, event.reason + retry)

@@ -7,15 +7,19 @@ the system clock, the Ray launcher and Ray's capacity view, serves the API on a 
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from typing import Any
 
 import ray
 
+from ..errors import LorafarmError, SpecError
 from ..events import Event
 from ..spec import load_tenants
 from ..storage import Store
+from . import config as service_config
 from .capacity import RayCapacity
+from .config import check_port_free, port_message
 from .core import SchedulerCore
 from .launcher import RayLauncher
 from .names import NAMESPACE, RUNNER_PREFIX, SCHEDULER_NAME
@@ -31,18 +35,45 @@ class Scheduler:
     """The API of the service (the CLI's ``call`` names these methods) and a background loop."""
 
     def __init__(self, store_uri: str, tenants_text: str | None = None, metrics_port: int | None = None,
-                 hang_timeout_s: float = 1800.0, reserve_cpus: float = 0.0):
-        self.core = SchedulerCore(
-            Store.open(store_uri), load_tenants(tenants_text or None), SystemClock(),
-            RayLauncher(ray.get_runtime_context().current_actor), RayCapacity(reserve_cpus),
-            hang_timeout_s=hang_timeout_s,
-        )
-        self.metrics_port = metrics_port
-        if metrics_port is not None:
-            self.core.metrics.serve(metrics_port)
+                 hang_timeout_s: float | None = None, reserve_cpus: float | None = None):
+        """Never raises: a failure to start (the store unreachable from the cluster, the metrics
+        port taken, a bad value) is kept in ``self.failed`` and reported by :meth:`ping`, so the
+        client says it in one line and removes this actor (an ``__init__`` that raises would come
+        back as a remote traceback)."""
+        self.core: SchedulerCore | None = None
+        self.failed: str | None = None
         self._stop = threading.Event()
+        try:
+            self._start(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
+        except Exception as e:  # noqa: BLE001 - reported through ping, one line
+            self.failed = _start_failure(e, store_uri)
+            return
         self._loop = threading.Thread(target=self._run, name="lorafarm-admission", daemon=True)
         self._loop.start()
+
+    def _start(self, store_uri: str, tenants_text: str | None, metrics_port: int | None,
+               hang_timeout_s: float | None, reserve_cpus: float | None) -> None:
+        store = Store.open(store_uri)
+        try:
+            saved = service_config.load(store)
+            self.config = service_config.merge(saved, tenants_text or None, metrics_port, hang_timeout_s, reserve_cpus)
+            tenants = load_tenants(self.config.tenants_text)
+            if self.config.metrics_port is not None:
+                check_port_free(self.config.metrics_port, "the scheduler")
+            self.core = SchedulerCore(
+                store, tenants, SystemClock(), RayLauncher(ray.get_runtime_context().current_actor),
+                RayCapacity(self.config.reserve_cpus), hang_timeout_s=self.config.hang_timeout_s,
+            )
+        except (LorafarmError, ValueError):
+            raise
+        except Exception as e:  # noqa: BLE001 - the store is unreachable from here
+            raise _StoreUnreachable(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+        if self.config.metrics_port is not None:
+            try:
+                self.core.metrics.serve(self.config.metrics_port)
+            except OSError as e:
+                raise LorafarmError(port_message(self.config.metrics_port, "the scheduler", e)) from None
+        service_config.save(store, self.config)
 
     def _run(self) -> None:
         while not self._stop.wait(TICK_S):
@@ -76,4 +107,35 @@ class Scheduler:
         self.core.report(job_id, event)
 
     def ping(self) -> dict[str, Any]:
-        return self.core.ping()
+        """``store``, ``jobs``, ``running`` and the configuration it runs with; ``error`` when it failed to start."""
+        if self.core is None:
+            return {"error": self.failed}
+        return {**self.core.ping(), "config": self.config.public(), "tenants_text": self.config.tenants_text}
+
+    def reload_tenants(self, tenants_text: str) -> dict[str, Any]:
+        """Validate and swap the tenants file (a bad one raises SpecError: the old one stays)."""
+        tenants = load_tenants(tenants_text or None)
+        self.core.reload_tenants(tenants)
+        self.config = dataclasses.replace(self.config, tenants_text=tenants_text or None)
+        service_config.save(self.core.store, self.config)
+        return self.ping()
+
+
+class _StoreUnreachable(Exception):
+    pass
+
+
+def _start_failure(e: Exception, store_uri: str) -> str:
+    """The one line a failed start is reported with."""
+    if isinstance(e, SpecError):
+        return "; ".join(e.problems)
+    if isinstance(e, _StoreUnreachable) or (isinstance(e, LorafarmError) and "object store" in str(e)):
+        where = ray.util.get_node_ip_address() if ray.is_initialized() else "the cluster"
+        return (f"the scheduler (on the Ray cluster, node {where}) cannot read store {store_uri}: {e} — it runs "
+                "there, not in this shell, so credentials set only here do not reach it: give the cluster's nodes "
+                "the store's credentials (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL in the "
+                "environment of `ray start`, or the Helm chart's env/Secret), then `lorafarm serve` again")
+    if isinstance(e, LorafarmError):
+        return str(e)
+    first = str(e).splitlines()[0] if str(e) else ""
+    return f"the scheduler failed to start: {type(e).__name__}: {first}"

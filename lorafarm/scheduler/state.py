@@ -27,6 +27,17 @@ class JobState(StrEnum):
         return self in (JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED)
 
 
+def check_state(state: str) -> JobState:
+    """``state`` (any case) as a JobState; SpecError naming the valid states otherwise."""
+    from ..errors import SpecError
+
+    try:
+        return JobState(state.upper())
+    except ValueError:
+        valid = ", ".join(s.value for s in JobState if s is not JobState.VALIDATING)
+        raise SpecError([f"--state: {state!r} is not a job state — use one of {valid}"]) from None
+
+
 class EventKind(StrEnum):
     SUBMITTED = "submitted"
     STATE = "state"
