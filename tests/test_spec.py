@@ -66,7 +66,7 @@ BAD_SPECS = [
     (_with("training.global_batch_size", 7), "training.global_batch_size", "multiple of 2"),
     (_with("training.packing", "maybe"), "training.packing", "true or false"),
     (_with("training.epochs", 2), "training.epochs", "exactly one"),
-    (_with("training.warmup_steps", 10), "training.warmup_steps", "fewer warm-up"),
+    (_with("training.warmup_steps", -1), "training.warmup_steps", ">= 0"),  # one longer than the run is capped
     (_with("zero.stage", 4), "zero.stage", "0, 1, 2 or 3"),
     (_with("zero.precision", "bf16"), "zero.precision", "fp32"),
     (_with("zero.precision", "fp8"), "zero.precision", "bf16"),
@@ -175,7 +175,8 @@ def test_schema_command_prints_json_schema(capsys):
     assert "training" in schema["properties"] and "TrainingSpec" in schema["$defs"]
 
 
-@pytest.mark.parametrize("path", sorted((ROOT / "jobs").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize("path", sorted(p for p in (ROOT / "jobs").glob("*.yaml") if p.name != "tenants.yaml"),
+                         ids=lambda p: p.name)
 def test_example_jobs_are_valid_specs(path):
     spec = load_spec(path)
     assert spec.tenant and spec.name

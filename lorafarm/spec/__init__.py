@@ -12,11 +12,14 @@ from .load import (
     load_spec,
     parse_overrides,
     parse_yaml,
+    resume_differences,
     resume_digest,
+    resume_refusal,
     spec_digest,
     validate_spec,
 )
 from .model import NAME_PATTERN, DatasetSpec, JobSpec, LoraSpec, ResourcesSpec, TrainingSpec, ZeroSpec
+from .steps import cap_intervals, steps_per_epoch, total_steps
 from .tenants import TenantsConfig, TenantsError, load_tenants, validate_tenants
 
 __all__ = [
@@ -30,6 +33,7 @@ __all__ = [
     "TrainingSpec",
     "ZeroSpec",
     "apply_overrides",
+    "cap_intervals",
     "dump_yaml",
     "json_schema",
     "load_raw",
@@ -37,8 +41,12 @@ __all__ = [
     "load_tenants",
     "parse_overrides",
     "parse_yaml",
+    "resume_differences",
     "resume_digest",
+    "resume_refusal",
     "spec_digest",
+    "steps_per_epoch",
+    "total_steps",
     "validate_spec",
     "validate_tenants",
 ]

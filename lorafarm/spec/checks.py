@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from .model import DatasetSpec, ResourcesSpec, TrainingSpec, ZeroSpec
+from .model import DatasetSpec, LoraSpec, ResourcesSpec, TrainingSpec, ZeroSpec
 
 Problem = str
 
@@ -23,20 +23,22 @@ def _batch_divides(t: TrainingSpec, r: ResourcesSpec) -> list[Problem]:
 
 
 def _steps_or_epochs(t: TrainingSpec) -> list[Problem]:
-    out = []
+    # warm-up, eval and checkpoint intervals longer than the run are capped, not refused
+    # (:func:`lorafarm.spec.steps.cap_intervals`, applied by the preflight)
     if t.max_steps is not None and t.epochs is not None:
-        out.append("training.epochs: both max_steps and epochs are set — keep exactly one of them")
-    if t.max_steps is not None and t.warmup_steps >= t.max_steps:
-        out.append(
-            f"training.warmup_steps: {t.warmup_steps} is not below max_steps {t.max_steps} — "
-            "use fewer warm-up steps than training steps"
-        )
-    if t.eval_every_steps and t.max_steps is not None and t.eval_every_steps > t.max_steps:
-        out.append(
-            f"training.eval_every_steps: {t.eval_every_steps} exceeds max_steps {t.max_steps} — "
-            "use 0 to evaluate only at the end, or a smaller interval"
-        )
-    return out
+        return ["training.epochs: both max_steps and epochs are set — keep exactly one of them"]
+    return []
+
+
+def _targets(lora: LoraSpec) -> list[Problem]:
+    targets = lora.target_modules
+    if targets == []:
+        return ["lora.target_modules: is empty, so nothing would train — use at least one module, "
+                "e.g. [q_proj, v_proj], or all-linear"]
+    if isinstance(targets, list):
+        return [f"lora.target_modules[{i}]: {name!r} is not a module name — write a name such as q_proj, or remove it"
+                for i, name in enumerate(targets) if not name.strip() or name != name.strip()]
+    return []
 
 
 def _precision_device(z: ZeroSpec, r: ResourcesSpec) -> list[Problem]:
@@ -61,6 +63,7 @@ def _eval_source(d: DatasetSpec) -> list[Problem]:
 RULES: list[tuple[tuple[str, ...], Callable[..., list[Problem]]]] = [
     (("training", "resources"), _batch_divides),
     (("training",), _steps_or_epochs),
+    (("lora",), _targets),
     (("zero", "resources"), _precision_device),
     (("dataset",), _eval_source),
 ]

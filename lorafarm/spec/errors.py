@@ -70,6 +70,10 @@ def describe(err: Any, wording: Wording) -> str:
         return f"{path}: {got!r} is not a valid {what} — use {NAME_RULE}"
     if kind in _BOUNDS:
         return f"{path}: {got!r} is out of range — use a value {_BOUNDS[kind]}{next(iter(ctx.values()), '')}"
+    if kind == "finite_number":
+        return f"{path}: {got!r} is not a finite number — write a number such as {wording.number_example}"
+    if kind == "too_short":
+        return f"{path}: must not be empty — write a YAML list such as {wording.list_example}"
     if kind == "string_too_short":
         return f"{path}: must not be empty — give a value"
     if kind in ("model_type", "dict_type"):

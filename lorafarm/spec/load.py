@@ -13,8 +13,9 @@ from pydantic import BaseModel, ValidationError
 
 from ..errors import SpecError
 from .checks import RULES
-from .errors import Wording, dedupe, translate, yaml_position
+from .errors import Wording, dedupe, translate
 from .model import SECTIONS, JobSpec
+from .yamlio import parse_mapping, read_text
 
 SPEC_WORDING = Wording(
     root=JobSpec,
@@ -71,28 +72,16 @@ def apply_overrides(raw: dict[str, Any], overrides: list[tuple[str, Any]]) -> di
     return raw
 
 
+SPEC_FIX = "see jobs/quickstart.yaml or `lorafarm schema`"
+
+
 def load_raw(source: str | Path) -> dict[str, Any]:
-    path = Path(source)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise SpecError([f"{source}: spec file not found — check the path"]) from None
-    except OSError as e:
-        raise SpecError([f"{source}: cannot read the spec ({e.strerror}) — check the path and permissions"]) from None
-    return parse_yaml(text, str(source))
+    """The spec file's mapping: UTF-8, valid YAML, no key written twice, not empty."""
+    return parse_yaml(read_text(source, "spec file"), str(source))
 
 
 def parse_yaml(text: str, where: str = "spec") -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise SpecError([f"{where}: YAML syntax error{yaml_position(e)} ({problem}) — fix the YAML"]) from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise SpecError([f"{where}: the spec must be a YAML mapping of fields, got {type(raw).__name__} — see `lorafarm schema`"])
-    return raw
+    return parse_mapping(text, where, "spec", SPEC_FIX)
 
 
 def load_spec(source: str | Path, overrides: list[str] | None = None) -> JobSpec:
@@ -131,18 +120,57 @@ RESUME_FREE_FIELDS = {
 }
 
 
-def resume_digest(spec: JobSpec) -> str:
-    """sha256 of the fields that decide the training result: equal digests may resume each
-    other's checkpoints (other workers, another ZeRO stage, another micro batch)."""
-    data = spec.model_dump(mode="json")
+def _resume_relevant(data: dict[str, Any]) -> dict[str, Any]:
+    """A spec's JSON form without the fields free on resume (``RESUME_FREE_FIELDS``)."""
+    data = json.loads(json.dumps(data))
     for section, fields in RESUME_FREE_FIELDS.items():
         if fields is None:
             data.pop(section, None)
         else:
             for f in fields:
-                data.get(section, {}).pop(f, None)
-    blob = json.dumps(data, sort_keys=True, separators=(",", ":"))
+                (data.get(section) or {}).pop(f, None)
+    return data
+
+
+def resume_digest(spec: JobSpec) -> str:
+    """sha256 of the fields that decide the training result: equal digests may resume each
+    other's checkpoints (other workers, another ZeRO stage, another micro batch)."""
+    blob = json.dumps(_resume_relevant(spec.model_dump(mode="json")), sort_keys=True, separators=(",", ":"))
     return "sha256:" + hashlib.sha256(blob.encode()).hexdigest()
+
+
+def resume_differences(old_spec: dict[str, Any], new_spec: JobSpec) -> list[str]:
+    """The fields that decide the result and differ between a checkpoint's spec (its JSON
+    form, as saved) and ``new_spec``, each as ``path: old → new``, in schema order."""
+    old = _flatten(_resume_relevant(old_spec))
+    new = _flatten(_resume_relevant(new_spec.model_dump(mode="json")))
+    return [f"{path}: {json.dumps(old.get(path))} → {json.dumps(new.get(path))}"
+            for path in list(new) + [p for p in old if p not in new] if old.get(path) != new.get(path)]
+
+
+RESUME_FREE = ("resources, priority, zero.stage, zero.gradient_checkpointing, training.micro_batch_size and the "
+               "checkpoint/eval settings")
+
+
+def resume_refusal(old_spec: dict[str, Any] | None, new_spec: JobSpec) -> str:
+    """Why a checkpoint cannot resume under ``new_spec`` (its digest differs), naming every
+    changed field when the checkpoint saved its spec; the fix."""
+    changed = resume_differences(old_spec, new_spec) if isinstance(old_spec, dict) else []
+    free = f"only {RESUME_FREE} may change on resume"
+    if changed:
+        return f"made with other values of {'; '.join(changed)} — restore them, or run it as a new job ({free})"
+    return f"made for a different spec — restore the spec, or run it as a new job ({free})"
+
+
+def _flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, dict) and value:
+            out.update(_flatten(value, path + "."))
+        else:
+            out[path] = value
+    return out
 
 
 def dump_yaml(spec: JobSpec) -> str:

@@ -15,8 +15,14 @@ NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 NAME_RULE = "1-40 characters of lowercase letters, digits and '-', not starting with '-'"
 
 
+# Upper bounds that no sensible job reaches, so that no accepted value can break every job
+# (a seed torch cannot take, a run of 10^30 steps); numbers are finite everywhere (no inf/nan).
+MAX_STEPS = 10_000_000
+MAX_SEED = 2**32 - 1
+
+
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_default=True)
+    model_config = ConfigDict(extra="forbid", validate_default=True, allow_inf_nan=False)
 
 
 class DatasetSpec(_Section):
@@ -43,38 +49,52 @@ class DatasetSpec(_Section):
     on_bad_rows: Literal["error", "skip"] = Field(
         "error", description="error: stop at the first bad row (file, row, problem); skip: drop and count."
     )
+    max_row_bytes: int = Field(
+        8 << 20, ge=1, le=1 << 40,
+        description="Largest row read, in bytes (a JSONL line, a JSON array element, or a Parquet row's text "
+        "cells; default 8 MiB = 8388608): a longer one is a bad row naming its file and line, found while "
+        "reading without holding it in memory.",
+    )
 
 
 class LoraSpec(_Section):
     r: int = Field(8, ge=1, le=1024, description="LoRA rank.")
-    alpha: float = Field(16.0, gt=0, description="LoRA alpha; the update is scaled by alpha/r.")
+    alpha: float = Field(16.0, gt=0, le=4096, description="LoRA alpha; the update is scaled by alpha/r.")
     dropout: float = Field(0.05, ge=0.0, lt=1.0, description="Dropout on the LoRA input.")
     target_modules: list[str] | Literal["all-linear"] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"],
-        description='Module names to adapt (suffix match, as PEFT), or "all-linear".',
+        description='Module names to adapt (suffix match, as PEFT; at least one), or "all-linear".',
     )
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
 
 
 class TrainingSpec(_Section):
-    max_steps: int | None = Field(None, ge=1, description="Optimizer steps to run (or set epochs).")
-    epochs: float | None = Field(None, gt=0, description="Passes over the data (default 1 when max_steps unset).")
-    global_batch_size: int = Field(
-        8, ge=1, description="Sequences per optimizer step, whatever the worker count."
+    max_steps: int | None = Field(None, ge=1, le=MAX_STEPS, description="Optimizer steps to run (or set epochs).")
+    epochs: float | None = Field(
+        None, gt=0, le=10_000, description="Passes over the data (default 1 when max_steps unset)."
     )
-    micro_batch_size: int = Field(2, ge=1, description="Sequences per forward pass on one worker.")
+    global_batch_size: int = Field(
+        8, ge=1, le=1_048_576, description="Sequences per optimizer step, whatever the worker count."
+    )
+    micro_batch_size: int = Field(2, ge=1, le=65_536, description="Sequences per forward pass on one worker.")
     seq_len: int = Field(512, ge=8, le=1_048_576, description="Maximum tokens per sequence (longer ones are truncated).")
     learning_rate: float = Field(2e-4, gt=0, le=1.0, description="Peak learning rate (AdamW).")
     min_lr_ratio: float = Field(0.1, ge=0, le=1, description="Cosine schedule floor as a fraction of the peak.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps before the cosine decay.")
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    warmup_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Linear warm-up steps before the cosine decay (one fewer than the run's "
+        "steps at most: a longer warm-up is capped, with a notice)."
+    )
+    weight_decay: float = Field(0.0, ge=0, le=1.0, description="AdamW (decoupled) weight decay.")
     max_grad_norm: float = Field(1.0, ge=0, description="Gradient clipping (0 = off).")
     packing: bool = Field(False, description="Pack several examples per row (attention never crosses them).")
-    seed: int = Field(0, ge=0, description="Seeds data order, LoRA init and dropout.")
-    eval_every_steps: int = Field(0, ge=0, description="Eval loss every N steps (0 = only at the end).")
+    seed: int = Field(0, ge=0, le=MAX_SEED, description="Seeds data order, LoRA init and dropout.")
+    eval_every_steps: int = Field(
+        0, ge=0, le=MAX_STEPS, description="Eval loss every N steps (0 = only at the end; an interval longer "
+        "than the run is capped, with a notice)."
+    )
     checkpoint_every_steps: int = Field(
-        50, ge=0, description="Save a resumable checkpoint (LoRA weights, optimizer, data cursor, RNG) to "
+        50, ge=0, le=MAX_STEPS, description="Save a resumable checkpoint (LoRA weights, optimizer, data cursor, RNG) to "
         "<store>/<tenant>/<job-id>/checkpoints/step-N/ every N steps (0 = only when preempted).",
     )
     keep_last: int = Field(2, ge=1, le=1000, description="Checkpoints kept per job; older ones are pruned.")

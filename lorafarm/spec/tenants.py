@@ -11,15 +11,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 
 from ..errors import SpecError
-from .errors import Wording, dedupe, translate, yaml_position
+from .errors import Wording, dedupe, translate
 from .model import NAME_PATTERN
+from .yamlio import parse_mapping, read_text
 
 FORMAT_DOC = "lorafarm/tenants.py"  # the file's documented format, with an example of every field
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+ClassValue = Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]  # aged values stay exact floats
 DEFAULT_ENTRY = "default"
 
 
@@ -28,7 +29,7 @@ class TenantsError(SpecError):
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)  # no inf/nan anywhere
 
 
 class Quota(_Strict):
@@ -49,7 +50,9 @@ class Guarantee(_Strict):
 
 
 class Tenant(_Strict):
-    weight: float = Field(1.0, gt=0, description="Fair-share weight: twice the weight, twice the dominant share.")
+    weight: float = Field(
+        1.0, gt=0, le=1_000_000, description="Fair-share weight: twice the weight, twice the dominant share."
+    )
     quota: Quota = Field(default_factory=Quota)
     guaranteed: Guarantee = Field(default_factory=Guarantee)
     priorities: list[Name] | None = Field(None, description="Priority classes this tenant may use (absent = all).")
@@ -59,7 +62,7 @@ class Tenant(_Strict):
 
 class PolicySettings(_Strict):
     aging_per_hour: float = Field(
-        100.0, ge=0, description="Priority points a queued job gains per hour of waiting (0 = no aging)."
+        100.0, ge=0, le=1_000_000, description="Priority points a queued job gains per hour of waiting (0 = no aging)."
     )
     backfill: bool = Field(True, description="Start smaller jobs around a blocked head job, never delaying it.")
     preemption: bool = Field(False, description="A blocked job may stop running jobs of a lower class.")
@@ -68,7 +71,7 @@ class PolicySettings(_Strict):
 class TenantsConfig(_Strict):
     """The whole tenants file, plus the look-ups the scheduler and policy need."""
 
-    priority_classes: dict[Name, int] = Field(
+    priority_classes: dict[Name, ClassValue] = Field(
         default_factory=lambda: {"low": 0, "normal": 100, "high": 1000},
         description="Priority class name -> integer value; higher values are served first.",
     )
@@ -157,10 +160,7 @@ def load_tenants(source: str | Path | None) -> TenantsConfig:
     where = "tenants file"
     if isinstance(source, Path) or (source.endswith((".yaml", ".yml", ".json")) and "\n" not in source):
         where = str(source)
-        try:
-            text = Path(source).read_text()
-        except OSError as e:
-            raise TenantsError([f"{where}: cannot read the tenants file ({e.strerror}) — check the path"]) from None
+        text = read_text(source, "tenants file", TenantsError)
     else:
         text = source
     return validate_tenants(_parse(text, where))
@@ -182,16 +182,7 @@ def validate_tenants(raw: dict[str, Any]) -> TenantsConfig:
 
 
 def _parse(text: str, where: str) -> dict[str, Any]:
-    try:
-        raw = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise TenantsError([f"{where}: YAML syntax error{yaml_position(e)} — fix the YAML"]) from None
-    if raw is None:
-        return {}
-    if not isinstance(raw, dict):
-        raise TenantsError([f"{where}: must be a YAML mapping (priority_classes, tenants, ...), "
-                            f"got {type(raw).__name__} — see the example in {FORMAT_DOC}"])
-    return raw
+    return parse_mapping(text, where, "tenants file", f"see the example in {FORMAT_DOC}", TenantsError)
 
 
 # -- rules across fields: they read the raw mapping so that they run even when a field is bad --
