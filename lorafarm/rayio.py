@@ -6,9 +6,8 @@ stdout line is one JSON object"). We route those messages to stderr, where logs 
 
 Ray's own INFO lines ("Connecting to existing Ray cluster at ...", "Started a local Ray
 instance") and its core's warnings (retries while connecting) show only with the global
-``lorafarm --verbose``: :func:`quiet_ray` sets ``RAY_LOGGER_LEVEL`` (the default of
-``ray.init(logging_level=...)``, read when Ray is imported) and ``RAY_BACKEND_LOG_LEVEL`` (its
-C++ core) before anything imports Ray; a value the user set is kept.
+``lorafarm --verbose`` (``lorafarm.cli.output.quiet_ray`` sets Ray's log levels before anything
+imports Ray, and ``LORAFARM_VERBOSE=1`` when verbose).
 """
 
 from __future__ import annotations
@@ -23,17 +22,6 @@ _patched = False
 def verbose() -> bool:
     """Whether ``--verbose`` (or ``LORAFARM_VERBOSE=1``) asked for Ray's messages."""
     return os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no")
-
-
-def quiet_ray(be_verbose: bool = False) -> None:
-    """Call before Ray is imported: Ray logs warnings and errors only, unless ``be_verbose``."""
-    if be_verbose:
-        os.environ[VERBOSE_ENV] = "1"
-        return
-    if verbose():
-        return
-    os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
 
 
 def route_ray_messages_to_stderr() -> None:

@@ -15,9 +15,8 @@ import sys
 
 from rich.console import Console
 
-from ..rayio import quiet_ray
 from . import job_cmds, ops_cmds, service_cmds, sim_cmds, use_cmds
-from .output import Parser, run_command
+from .output import Parser, quiet_ray, run_command
 
 COMMAND_MODULES = (job_cmds, service_cmds, use_cmds, sim_cmds, ops_cmds)  # in `lorafarm --help` order
 

@@ -16,9 +16,10 @@ from rich.table import Column, Table
 
 from .. import api
 from ..errors import SchedulerUnavailable, SpecError
-from .args import STORE_HELP, add_spec_args
+from .args import STORE_HELP, add_spec_args, notice_printer
 from .output import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit_json, number, warn
 
+JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # what `list --state` takes
 EXIT_BY_STATE = {"SUCCEEDED": EXIT_OK, "FAILED": EXIT_FAILED, "CANCELLED": EXIT_CANCELLED}
 
 
@@ -135,7 +136,7 @@ def submit(args: argparse.Namespace, console: Console) -> int:
     from .paths import absolutize_local_paths
 
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
-    summary = api.submit(spec)
+    summary = api.submit(spec, on_notice=notice_printer(console))  # the preflight: a bad spec is never queued
     job_id = summary["job_id"]
     if not args.wait:
         if args.json:
@@ -304,10 +305,8 @@ def _num(v: Any) -> str:
 
 
 def list_jobs(args: argparse.Namespace, console: Console) -> int:
-    if args.state is not None:
-        from ..scheduler.state import check_state
-
-        check_state(args.state)  # before reaching the cluster: a bad state is a usage error
+    if args.state is not None and args.state.upper() not in JOB_STATES:  # a usage error, before the cluster
+        raise SpecError([f"--state: {args.state!r} is not a job state — use one of {', '.join(JOB_STATES)}"])
     jobs = api.scheduler_call("list", args.tenant, args.state)
     if args.json:
         emit_json(jobs)
