@@ -55,11 +55,51 @@ def has_checkpoint(store: Store, tenant: str, job_id: str) -> bool:
     return latest_checkpoint(store.job_uri(tenant, job_id)) is not None
 
 
-def preflight(spec: JobSpec) -> dict[str, Any]:
-    """``lorafarm validate``'s dry run: counts, steps per epoch, rough ETA; raises every problem."""
-    from .preflight import preflight as check
+def check_resume(store: Store, spec: JobSpec, job_id: str) -> None:
+    """Refuse ``lorafarm run --resume JOB_ID`` before anything starts (:class:`SpecError`): the
+    job has no checkpoint, or its latest was made for a spec that computes something else —
+    naming every changed field (:func:`lorafarm.spec.resume_differences`)."""
+    import json
 
-    return check(spec)
+    from .errors import SpecError
+    from .spec import resume_digest, resume_refusal
+    from .storage import join, read_bytes
+    from .worker.checkpoints import latest_checkpoint
+
+    ref = latest_checkpoint(store.job_uri(spec.tenant, job_id))
+    if ref is None:
+        raise SpecError([f"--resume: job {job_id!r} of tenant {spec.tenant!r} has no checkpoint in {store.root} — "
+                         "check the job id and --store (checkpoints are under <store>/<tenant>/<job-id>/checkpoints/)"])
+    if ref.marker.get("resume_digest") == resume_digest(spec):
+        return
+    try:
+        saved = json.loads(read_bytes(join(ref.uri, CHECKPOINT_STATE))).get("spec")
+    except (LorafarmError, ValueError, AttributeError):
+        saved = None  # an older checkpoint, or one that cannot be read: no field names to give
+    raise SpecError([f"--resume: {job_id}'s checkpoint step-{ref.step} was {resume_refusal(saved, spec)}"])
+
+
+CHECKPOINT_STATE = "state.json"  # lorafarm.worker.zero_state.STATE, without importing torch
+
+
+def prepare(spec: JobSpec, on_notice: Callable[[str], None] | None = None) -> tuple[JobSpec, dict[str, Any]]:
+    """The preflight every job passes before anything is queued, started or written — the one
+    that ``validate``, ``run`` and ``submit`` share: data readable with the right columns, base
+    and target modules found, a sample encodes with labels; every problem at once
+    (:class:`~lorafarm.errors.PreflightError`, exit 2). Returns the spec to run (intervals
+    longer than the run capped) and the report; each cap's notice goes to ``on_notice``."""
+    from .preflight import check
+
+    spec, report = check(spec)
+    for notice in report["notices"]:
+        if on_notice is not None:
+            on_notice(notice)
+    return spec, report
+
+
+def preflight(spec: JobSpec) -> dict[str, Any]:
+    """``lorafarm validate``'s dry run: counts, steps per epoch, rough ETA, ``notices``; raises every problem."""
+    return prepare(spec)[1]
 
 
 # -- adapters and models ---------------------------------------------------------------------
@@ -87,30 +127,31 @@ def adapter_source(source: str, store: str | None = None, tenant: str | None = N
     return Store.open(store).find_job(source, tenant) + "/adapter"
 
 
-def pull(adapter_uri: str, dest: str | Path) -> dict[str, Any]:
-    """Download an adapter, every file sha256-verified against its manifest; returns the manifest."""
+def pull(adapter_uri: str, dest: str | Path, force: bool = False) -> dict[str, Any]:
+    """Download an adapter, every file sha256-verified against its manifest; returns the manifest.
+    ``dest`` must be new or empty unless ``force`` (then it is replaced whole)."""
     from .adapter.save import pull as download
 
-    return download(adapter_uri, dest)
+    return download(adapter_uri, dest, force=force)
 
 
-def merge(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0) -> Path:
+def merge(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0, force: bool = False) -> Path:
     """Write ``base`` (default: the manifest's) with the adapter merged in, as a HF directory."""
     from .adapter.merge import merge_adapter
 
-    return merge_adapter(adapter, outdir, base=base, scale=scale)
+    return merge_adapter(adapter, outdir, base=base, scale=scale, force=force)
 
 
 BUILT_IN_MODELS = ("tiny-llama",)
 
 
-def export_model(name: str, directory: str | Path) -> Path:
+def export_model(name: str, directory: str | Path, force: bool = False) -> Path:
     """Write a built-in model (``BUILT_IN_MODELS``) as a Hugging Face directory."""
     from .model.tiny import export
 
     if name not in BUILT_IN_MODELS:
         raise LorafarmError(f"{name}: no such built-in model — use one of {', '.join(BUILT_IN_MODELS)}")
-    return export(directory)
+    return export(directory, force=force)
 
 
 # -- the scheduler ---------------------------------------------------------------------------
@@ -123,10 +164,14 @@ def scheduler_call(method: str, *args: Any, timeout: float = 60.0) -> Any:
     return client.call(method, *args, timeout=timeout)
 
 
-def submit(spec: JobSpec) -> dict[str, Any]:
-    """Queue ``spec`` with the scheduler; returns the job's summary (``job_id`` ...). The spec
-    travels in its JSON form: the scheduler validates whatever it is sent (a trust boundary)."""
-    return scheduler_call("submit", spec.model_dump(mode="json"))
+def submit(spec: JobSpec, on_notice: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Queue ``spec`` with the scheduler after the same preflight as ``run`` (:func:`prepare`,
+    here in the submitting process: a refused spec is never queued); returns the job's
+    summary (``job_id`` ...), with the preflight's ``notices``. The spec travels in its JSON
+    form: the scheduler validates whatever it is sent (a trust boundary)."""
+    spec, report = prepare(spec, on_notice)
+    summary = scheduler_call("submit", spec.model_dump(mode="json"))
+    return {**summary, "notices": report["notices"]} if isinstance(summary, dict) else summary
 
 
 def start_scheduler(store_uri: str, tenants_text: str | None, metrics_port: int | None,

@@ -14,6 +14,7 @@ from typing import Any
 
 from .errors import LorafarmError, PreflightError
 from .spec import JobSpec
+from .spec.steps import cap_intervals, steps_per_epoch, total_steps
 
 SAMPLE_LIMIT = 5000
 # Rough training throughput per worker (tokens/s) for the ETA; measured on tiny-llama on CPU
@@ -23,8 +24,16 @@ GPU_TOKENS_PER_S = 3000.0
 
 
 def preflight(spec: JobSpec) -> dict[str, Any]:
+    """``lorafarm validate``'s report (``notices``: intervals capped to the run's length)."""
+    return check(spec)[1]
+
+
+def check(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
+    """Every problem at once (:class:`PreflightError`), or the spec a job runs — its intervals
+    capped to the run's length (:func:`lorafarm.spec.steps.cap_intervals`) — and the report."""
     problems: list[str] = []
     report: dict[str, Any] = {"tenant": spec.tenant, "name": spec.name}
+    notices: list[str] = []
     tokenizer = model_dir = None
     try:
         from .model import resolve_base
@@ -33,11 +42,19 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         report["base_model"] = str(model_dir)
     except LorafarmError as e:
         problems.append(str(e))
-    if model_dir is not None:
+    if model_dir is not None and spec.trust_remote_code:
+        # the base's own code runs only where the scheduler allows it (the tenants file), never here
+        notices.append("trust_remote_code: the base model's own code is not run before the job starts — its target "
+                       "modules and tokenizer are checked then")
+    elif model_dir is not None:
         problems.extend(_check_model(spec, model_dir, report))
-        from .model import load_tokenizer
+        try:
+            from .model import load_tokenizer
 
-        tokenizer = load_tokenizer(model_dir)
+            tokenizer = load_tokenizer(model_dir)
+        except Exception as e:  # noqa: BLE001 - a broken tokenizer is the user's to fix: one line
+            problems.append(f"base_model: {model_dir}: cannot load its tokenizer ({type(e).__name__}: {e}) — "
+                            "check the directory's tokenizer files")
     table = None
     try:
         from .data import read_examples
@@ -61,7 +78,12 @@ def preflight(spec: JobSpec) -> dict[str, Any]:
         problems.extend(_check_tokens(spec, table, tokenizer, report))
     if problems:
         raise PreflightError(problems)
-    return report
+    steps = report.get("total_steps") or spec.training.max_steps
+    if steps:
+        spec, capped = cap_intervals(spec, steps)
+        notices.extend(capped)
+    report["notices"] = notices
+    return spec, report
 
 
 def _check_model(spec: JobSpec, model_dir, report: dict[str, Any]) -> list[str]:
@@ -71,9 +93,13 @@ def _check_model(spec: JobSpec, model_dir, report: dict[str, Any]) -> list[str]:
 
     from .model import linear_module_names, missing_targets
 
-    config = AutoConfig.from_pretrained(str(model_dir))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+    try:
+        config = AutoConfig.from_pretrained(str(model_dir))
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config)
+    except Exception as e:  # noqa: BLE001 - a broken config is the user's to fix: one line
+        return [f"base_model: {model_dir}: cannot build the model from its config ({type(e).__name__}: {e}) — "
+                "check its config.json, or use another base_model"]
     report["base_params"] = sum(p.numel() for p in model.parameters())
     missing = missing_targets(model, spec.lora)
     if missing:
@@ -114,19 +140,19 @@ def _check_tokens(spec: JobSpec, table, tokenizer, report: dict[str, Any]) -> li
     rows = train_examples
     if t.packing:
         rows = max(1, math.ceil(tokens * factor * (1 - spec.dataset.eval_fraction) / t.seq_len))
-    steps_per_epoch = int(rows // t.global_batch_size)
-    report["steps_per_epoch"] = steps_per_epoch
+    per_epoch = steps_per_epoch(rows, t.global_batch_size)
+    report["steps_per_epoch"] = per_epoch
     problems = []
-    if steps_per_epoch == 0:
+    if per_epoch == 0:
         problems.append(
             f"training.global_batch_size: {t.global_batch_size} is larger than the {int(rows)} training rows — "
             "use a smaller global_batch_size or more data"
         )
         return problems
-    total_steps = t.max_steps or math.ceil((t.epochs or 1.0) * steps_per_epoch)
-    report["total_steps"] = total_steps
+    steps = total_steps(t, per_epoch)
+    report["total_steps"] = steps
     tokens_per_step = tokens * factor / max(n, 1) * (t.seq_len / max(tokens / len(sample), 1) if t.packing else 1)
     tokens_per_step *= t.global_batch_size
     rate = (GPU_TOKENS_PER_S if spec.resources.gpus_per_worker else CPU_TOKENS_PER_S) * spec.resources.workers
-    report["eta_seconds_rough"] = round(total_steps * tokens_per_step / rate)
+    report["eta_seconds_rough"] = round(steps * tokens_per_step / rate)
     return problems

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
+
+from rich.console import Console
 
 STORE_HELP = "object store root (default $LORAFARM_STORE or ~/.local/share/lorafarm/store)"
 
@@ -13,3 +16,12 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="PATH=VALUE",
                    help="override a spec field, e.g. --set training.max_steps=20 (repeatable)")
 
+
+
+def notice_printer(console: Console) -> Callable[[str], None]:
+    """Print a preflight notice (an interval capped to the run's length) as one stderr line."""
+
+    def notice(message: str) -> None:
+        console.print(f"[cyan]notice:[/] {message}", highlight=False, soft_wrap=True)
+
+    return notice

@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import api
-from .args import STORE_HELP, add_spec_args
+from .args import STORE_HELP, add_spec_args, notice_printer
 from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json
 
 
@@ -32,15 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("pull", help="download a verified adapter")
     p.add_argument("source", help="adapter URI, or a job id with --store/--tenant")
-    p.add_argument("dest", help="local directory")
+    p.add_argument("dest", help="local directory (new or empty; --force replaces it)")
     p.add_argument("--store")
     p.add_argument("--tenant")
+    p.add_argument("--force", action="store_true", help="replace DEST if it is a non-empty directory")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=pull)
 
     p = sub.add_parser("merge", help="write the base model with the adapter merged in (HF directory)")
     p.add_argument("adapter", help="adapter URI or local directory")
-    p.add_argument("outdir")
+    p.add_argument("outdir", help="local directory (new or empty; --force replaces it)")
+    p.add_argument("--force", action="store_true", help="replace OUTDIR if it is a non-empty directory")
     p.add_argument("--base", help="base model directory (default: the manifest's base_model)")
     p.add_argument("--scale", type=float, default=1.0, help="adapter strength (multiplies alpha/r)")
     p.set_defaults(handler=merge)
@@ -49,23 +51,25 @@ def register(sub: argparse._SubParsersAction) -> None:
     models = p.add_subparsers(dest="models_command", required=True, parser_class=Parser)
     e = models.add_parser("export", help="write a built-in model as a Hugging Face directory")
     e.add_argument("name", choices=list(api.BUILT_IN_MODELS))
-    e.add_argument("dir")
+    e.add_argument("dir", help="local directory (new or empty; --force replaces it)")
+    e.add_argument("--force", action="store_true", help="replace DIR if it is a non-empty directory")
     e.set_defaults(handler=export_model)
 
 
 def run(args: argparse.Namespace, console: Console) -> int:
-    from ..errors import JobFailed, SpecError
+    from ..errors import JobFailed
     from ..spec import load_spec
     from ..storage import Store, new_job_id
     from .paths import absolutize_local_paths
     from .progress import JobProgress
 
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
+    # the preflight first: a spec that cannot run starts no Ray and writes nothing
+    spec, _ = api.prepare(spec, on_notice=notice_printer(console))
     store = Store.open(args.store)
     job_id = args.resume or new_job_id(spec.name)
-    if args.resume and not api.has_checkpoint(store, spec.tenant, job_id):
-        raise SpecError([f"--resume: job {job_id!r} of tenant {spec.tenant!r} has no checkpoint in {store.root} — "
-                         "check the job id and --store (checkpoints are under <store>/<tenant>/<job-id>/checkpoints/)"])
+    if args.resume:
+        api.check_resume(store, spec, job_id)
     api.ensure_ray()
     if not args.json:
         console.print(f"store: {store.root}  job: {job_id}", highlight=False)
@@ -101,8 +105,12 @@ def validate(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         emit_json(report)
     else:
+        notice = notice_printer(console)
+        for message in report.get("notices", []):
+            notice(message)
         for key, value in report.items():
-            console.print(f"{key}: {value}", highlight=False)
+            if key != "notices":
+                console.print(f"{key}: {value}", highlight=False)
         console.print("[green]ok:[/] the spec is runnable")
     return EXIT_OK
 
@@ -116,7 +124,7 @@ def schema(args: argparse.Namespace, console: Console) -> int:
 
 def pull(args: argparse.Namespace, console: Console) -> int:
     uri = api.adapter_source(args.source, args.store, args.tenant)
-    manifest = api.pull(uri, args.dest)
+    manifest = api.pull(uri, args.dest, force=args.force)
     if args.json:
         emit_json({"adapter_uri": uri, "dest": str(Path(args.dest).resolve()), "files": manifest["files"]})
     else:
@@ -125,12 +133,12 @@ def pull(args: argparse.Namespace, console: Console) -> int:
 
 
 def merge(args: argparse.Namespace, console: Console) -> int:
-    out = api.merge(args.adapter, args.outdir, base=args.base, scale=args.scale)
+    out = api.merge(args.adapter, args.outdir, base=args.base, scale=args.scale, force=args.force)
     console.print(f"merged model written to {out}")
     return EXIT_OK
 
 
 def export_model(args: argparse.Namespace, console: Console) -> int:
-    out = api.export_model(args.name, args.dir)
+    out = api.export_model(args.name, args.dir, force=args.force)
     console.print(f"wrote {args.name} to {out}")
     return EXIT_OK

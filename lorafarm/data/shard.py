@@ -6,10 +6,9 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import DataError
+from ..spec.steps import steps_per_epoch  # one definition: the preflight and the recipe count alike
 
-
-def steps_per_epoch(num_rows: int, global_batch_size: int) -> int:
-    return num_rows // global_batch_size
+__all__ = ["epoch_order", "global_batch", "micro_batches", "steps_per_epoch", "worker_slice"]
 
 
 def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
