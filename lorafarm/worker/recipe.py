@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..events import Done, Event, GroupStarted, Preempted, Resumed, Step, WorkerError
-from ..spec import JobSpec, resume_digest, spec_digest
+from ..spec import JobSpec, resume_digest, resume_refusal, spec_digest, steps_per_epoch, total_steps
 from .dropout import DropoutRows, seed_dropout_by_row
 
 
@@ -86,7 +86,7 @@ class LoraRecipe:
     def setup(self) -> None:
         import pyarrow.compute as pc
 
-        from ..data import load_rows, steps_per_epoch
+        from ..data import load_rows
         from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
         from ..zero import build_engine, memory_report
 
@@ -110,11 +110,7 @@ class LoraRecipe:
         longest = pc.max(pc.list_value_length(self.train_rows.column("input_ids"))).as_py() or 1
         self.dropout_rows = DropoutRows(seed=t.seed, max_len=longest)
         seed_dropout_by_row(self.model, self.dropout_rows)
-        if t.max_steps is not None:
-            self.total_steps = t.max_steps
-        else:
-            per_epoch = steps_per_epoch(len(self.train_rows), t.global_batch_size)
-            self.total_steps = max(1, math.ceil((t.epochs or 1.0) * per_epoch))
+        self.total_steps = total_steps(t, steps_per_epoch(len(self.train_rows), t.global_batch_size))
         self.engine, self.lr_schedule = build_engine(self.model, spec, self.world, self.total_steps)
         leaked = memory_report(self.engine, self.model)["frozen_with_grad"]
         if leaked:  # a frozen base parameter would train: the adapter would not describe the change
@@ -137,9 +133,7 @@ class LoraRecipe:
         blobs = None
         for ref in reversed(list_checkpoints(self.cfg.job_uri)):  # newest first; a corrupt one falls back
             if ref.marker.get("resume_digest") != resume_digest(self.spec):
-                raise TrainingError(
-                    f"{ref.uri}: made for a different spec (only resources, priority, zero.stage, micro_batch_size "
-                    "and checkpoint settings may change on resume) — resubmit as a new job, or restore the spec")
+                raise TrainingError(f"{ref.uri}: {resume_refusal(_saved_spec(ref), self.spec)}")
             try:
                 blobs = read_checkpoint(ref)  # every rank reads the same files: all fall back alike
                 break
@@ -270,6 +264,7 @@ class LoraRecipe:
 
         extra = {
             "resume_digest": resume_digest(self.spec),
+            "spec": self.spec.model_dump(mode="json"),  # a refused resume names the changed fields
             "spec_digest": spec_digest(self.spec),
             "base_weights_digest": self.base_digest,
             "samples_seen": step * self.spec.training.global_batch_size,
@@ -445,6 +440,19 @@ class LoraRecipe:
         if dist.is_available() and dist.is_initialized() and self.world > 1:
             dist.all_reduce(v)
         return [float(x) for x in v]
+
+
+def _saved_spec(ref) -> dict[str, Any] | None:
+    """The spec a checkpoint was made with (its state.json), or None (older checkpoints)."""
+    import json
+
+    from ..storage import join, read_bytes
+    from .zero_state import STATE
+
+    try:
+        return json.loads(read_bytes(join(ref.uri, STATE))).get("spec")
+    except Exception:  # noqa: BLE001 - only the message loses the field names
+        return None
 
 
 def distributed_env_from_ray() -> tuple[int, int]:
