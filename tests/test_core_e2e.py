@@ -168,6 +168,42 @@ def test_cli_run_json_and_pull(tmp_path):
     assert (dest / "adapter_model.safetensors").exists() and (dest / "lorafarm.json").exists()
 
 
+def test_cli_run_resume_finishes_a_stopped_job_with_the_same_adapter(tmp_path):
+    """``lorafarm run SPEC --resume JOB_ID`` from the CLI: a job stopped after its step-2
+    checkpoint (its store entry as a kill then leaves it: checkpoints, no adapter) finishes from
+    step 2 with the uninterrupted run's adapter (dropout on)."""
+    import shutil
+
+    store = tmp_path / "store"
+    sets = [a for o in ("training.max_steps=5", "training.eval_every_steps=0", "resources.workers=1",
+                        "training.seq_len=96", "training.warmup_steps=1", "training.checkpoint_every_steps=2",
+                        "training.keep_last=3", "lora.dropout=0.1") for a in ("--set", o)]
+    cmd = [sys.executable, "-m", "lorafarm.cli.main", "run", str(ROOT / "jobs/quickstart.yaml"), "--json", *sets,
+           "--store", str(store)]
+    whole = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, timeout=600, env=_env())
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    first = json.loads(whole.stdout.strip().splitlines()[-1])
+    src = store / "demo" / first["job_id"]
+    assert sorted(p.name for p in (src / "checkpoints").iterdir()) == ["step-2", "step-4"]
+
+    stopped = store / "demo" / "stopped-job"  # the job as it was when stopped after step 2's checkpoint
+    shutil.copytree(src, stopped, ignore=shutil.ignore_patterns("adapter", "step-4", "eval"))
+    resumed = subprocess.run([*cmd, "--resume", "stopped-job"], capture_output=True, text=True, cwd=ROOT,
+                             timeout=600, env=_env())
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    result = json.loads(resumed.stdout.strip().splitlines()[-1])
+    assert result["job_id"] == "stopped-job" and result["state"] == "SUCCEEDED" and result["metrics"]["steps"] == 5
+    def history(job):
+        return [json.loads(line) for line in (job / "history.jsonl").read_text().splitlines() if line.strip()]
+
+    assert [h["step"] for h in history(stopped)] == [1, 2, 3, 4, 5]  # steps 1-2 from the checkpoint, 3-5 run now
+    assert [h["loss"] for h in history(stopped)] == pytest.approx([h["loss"] for h in history(src)], abs=1e-6)
+    a = load_file(str(stopped / "adapter/adapter_model.safetensors"))
+    b = load_file(str(src / "adapter/adapter_model.safetensors"))
+    assert a.keys() == b.keys() and max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-6
+    assert "Traceback" not in resumed.stderr
+
+
 def test_cli_run_failing_job_exits_1_with_reason(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')

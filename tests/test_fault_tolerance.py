@@ -1,21 +1,21 @@
 """Fault tolerance on a real Ray cluster with the scheduler: a training worker killed mid-job,
-and a lower-priority job preempted for a higher one. Both end SUCCEEDED with the adapter of an
-uninterrupted run, and their events say what happened."""
+a lower-priority job preempted for a higher one, and the scheduler itself killed and started
+again while a job trains. Each ends SUCCEEDED with the adapter of an uninterrupted run (dropout
+on), and their events say what happened."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 import torch
-from ray_head import ROOT, RayHead, wait_until
+from helpers import quickstart_spec
+from ray_head import wait_until
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.integration
@@ -32,33 +32,19 @@ TENANTS = textwrap.dedent("""
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def _spec(tmp: Path, tenant: str, name: str, steps: int = 12) -> dict:
-    import yaml
-
-    spec = yaml.safe_load((ROOT / "jobs/quickstart.yaml").read_text())
-    spec.update(tenant=tenant, name=name)
-    spec["dataset"].update(uri=str(tmp / "small.jsonl"), eval_fraction=0.0)
-    spec["lora"]["dropout"] = 0.1  # RNG state must survive the restart too
-    spec["training"].update(max_steps=steps, warmup_steps=1, eval_every_steps=0, seq_len=64, global_batch_size=4,
-                            micro_batch_size=1, checkpoint_every_steps=2, keep_last=2)
-    spec["resources"].update(workers=2, cpus_per_worker=1)
-    return spec
+def _spec(head, tenant: str, name: str, steps: int = 12) -> dict:
+    return quickstart_spec(
+        tenant, name, head.tmp / "small.jsonl",
+        lora={"dropout": 0.1},  # masks are seeded per row and step: a restart must not change them
+        training={"max_steps": steps, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
+                  "micro_batch_size": 1, "checkpoint_every_steps": 2, "keep_last": 2},
+        resources={"workers": 2, "cpus_per_worker": 1},
+    )
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    tmp = Path(tempfile.mkdtemp(prefix="lff", dir="/tmp"))
-    head = RayHead(tmp, num_cpus=3)
-    head.store = str(tmp / "store")
-    head.tmp = tmp
-    (tmp / "tenants.yaml").write_text(TENANTS)
-    rows = [json.loads(line) for line in (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()[:48]]
-    (tmp / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    head.lorafarm("serve", "--store", head.store, "--tenants", str(tmp / "tenants.yaml"), "--reserve-cpus", "1",
-                  check=True, timeout=180)
-    yield head
-    head.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
+def cluster(serve_cluster):
+    return serve_cluster(TENANTS, 3)
 
 
 def _submit(head, spec: dict) -> str:
@@ -91,7 +77,7 @@ def _max_diff(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def uninterrupted(cluster):
-    job = _submit(cluster, _spec(cluster.tmp, "batch", "whole"))
+    job = _submit(cluster, _spec(cluster, "batch", "whole"))
     final = _finished(cluster, job)
     assert final["state"] == "SUCCEEDED", final["reason"]
     kinds = [e["kind"] for e in _events(cluster, job)]
@@ -111,7 +97,7 @@ def _worker_pids(head) -> list[int]:
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_adapter(cluster, uninterrupted):
-    job = _submit(cluster, _spec(cluster.tmp, "batch", "killed"))
+    job = _submit(cluster, _spec(cluster, "batch", "killed"))
     wait_until(lambda: (_status(cluster, job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
     pids = _worker_pids(cluster)
     assert len(pids) == 2
@@ -129,9 +115,9 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_adapter(clust
 
 
 def test_a_higher_class_preempts_a_lower_one_which_resumes_exactly(cluster, uninterrupted):
-    low = _submit(cluster, _spec(cluster.tmp, "batch", "preempted"))
+    low = _submit(cluster, _spec(cluster, "batch", "preempted"))
     wait_until(lambda: ((_status(cluster, low).get("progress") or {}).get("step") or 0) >= 3, 480, "low to train")
-    high = _submit(cluster, _spec(cluster.tmp, "urgent", "urgent", steps=2))
+    high = _submit(cluster, _spec(cluster, "urgent", "urgent", steps=2))
     high_final = _finished(cluster, high)
     assert high_final["state"] == "SUCCEEDED", high_final["reason"]
     low_final = _finished(cluster, low)
@@ -147,3 +133,23 @@ def test_a_higher_class_preempts_a_lower_one_which_resumes_exactly(cluster, unin
     # the high job ran while the low one waited: it started after the preemption, ended before the resume
     assert preempted["time"] <= high_final["started_at"] <= high_final["ended_at"] <= resumed["time"]
     assert _max_diff(_adapter(cluster, "batch", low), uninterrupted) <= 1e-6
+
+
+def test_a_scheduler_killed_mid_job_recovers_it_with_the_same_adapter(cluster, uninterrupted):
+    """Last in this module: it kills the scheduler (and starts it again from the store)."""
+    job = _submit(cluster, _spec(cluster, "batch", "recovered"))
+    wait_until(lambda: (_status(cluster, job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
+    kill = cluster.python("import ray\nray.init(log_to_driver=False)\n"
+                          "ray.kill(ray.get_actor('scheduler', namespace='lorafarm'), no_restart=True)\n")
+    assert kill.returncode == 0, kill.stderr[-2000:]
+    out = cluster.lorafarm_json("serve", "--store", cluster.store, "--tenants", str(cluster.tmp / "tenants.yaml"),
+                                "--reserve-cpus", "1")
+    assert out["created"] is True
+    final = _finished(cluster, job)
+    assert final["state"] == "SUCCEEDED", final["reason"]
+    events = _events(cluster, job)
+    kinds = [e["kind"] for e in events]
+    assert "recovered" in kinds and kinds.count("started") == 2, kinds
+    resumed = [e["data"]["step"] for e in events if e["kind"] == "resumed"]
+    assert resumed and resumed[-1] >= 4, [(e["kind"], e["message"]) for e in events]
+    assert _max_diff(_adapter(cluster, "batch", job), uninterrupted) <= 1e-6

@@ -49,6 +49,46 @@ def sentiment_rows(seed: int, n: int) -> list[dict[str, str]]:
     return rows
 
 
+def sentiment_split(seed: int, n_train: int, n_test: int) -> tuple[list[dict[str, str]], list[dict[str, str]]]:
+    """Disjoint, balanced train and test sets drawn from every distinct review (384 of them):
+    no test prompt is ever trained on."""
+    rng = random.Random(seed)
+    by_label: dict[bool, list[dict[str, str]]] = {}
+    for positive in (True, False):
+        reviews = [f"Review: {tpl.format(t=t, w=w)} {':)' if positive else ':('}" for tpl in TEMPLATES
+                   for t in THINGS for w in (POS if positive else NEG)]
+        rng.shuffle(reviews)
+        by_label[positive] = [{"prompt": r, "completion": "positive" if positive else "negative"} for r in reviews]
+
+    def take(start: int, n: int) -> list[dict[str, str]]:
+        return [by_label[i % 2 == 0][start + i // 2] for i in range(n)]
+
+    return take(n_test // 2, n_train), take(0, n_test)
+
+
+def pirate_split(n_heldout: int) -> tuple[list[dict], list[dict]]:
+    """jobs/data/pirate_chat.jsonl split into training rows and the last ``n_heldout``
+    distinct conversations, none of which (nor any copy of one) is trained on."""
+    lines = (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()
+    heldout = list(dict.fromkeys(reversed(lines)))[:n_heldout][::-1]
+    held = set(heldout)
+    return [json.loads(x) for x in lines if x not in held], [json.loads(x) for x in heldout]
+
+
+def _key(row: dict) -> str:
+    return json.dumps(row, sort_keys=True)
+
+
+def test_the_held_out_sets_are_disjoint_from_the_training_data():
+    train, test = sentiment_split(1, 240, 60)
+    assert len(train) == 240 and len(test) == 60 and not {_key(r) for r in train} & {_key(r) for r in test}
+    assert not {r["prompt"] for r in train} & {r["prompt"] for r in test}
+    assert [r["completion"] for r in test].count("positive") == 30
+    train, heldout = pirate_split(48)
+    assert len(heldout) == 48 and len(train) >= 300
+    assert not {_key(r) for r in train} & {_key(r) for r in heldout}
+
+
 def write_jsonl(path: Path, rows: list[dict]) -> Path:
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
@@ -89,13 +129,18 @@ def trained(tmp_path_factory):
     """The quickstart adapter and a sentiment-label adapter, trained side by side (~2-3 min)."""
     tmp = tmp_path_factory.mktemp("use")
     store = tmp / "store"
-    train = write_jsonl(tmp / "sentiment_train.jsonl", sentiment_rows(1, 240))
-    test = write_jsonl(tmp / "sentiment_test.jsonl", sentiment_rows(2, 60))
+    sentiment_train, sentiment_test = sentiment_split(1, 240, 60)  # disjoint: test_the_held_out_sets_are_disjoint...
+    train = write_jsonl(tmp / "sentiment_train.jsonl", sentiment_train)
+    test = write_jsonl(tmp / "sentiment_test.jsonl", sentiment_test)
+    pirate_train_rows, pirate_heldout_rows = pirate_split(48)
+    pirate_train = write_jsonl(tmp / "pirate_train.jsonl", pirate_train_rows)
+    pirate_eval = write_jsonl(tmp / "pirate_heldout.jsonl", pirate_heldout_rows)
     common = ["resources.workers=1", "training.warmup_steps=2", "training.eval_every_steps=0",
               "dataset.eval_fraction=0"]
     jobs = {
         "pirate": lambda: _start_job("jobs/quickstart.yaml", store,
-                                     [*common, "training.max_steps=30", "training.seq_len=128"]),
+                                     [*common, f"dataset.uri={pirate_train}", "training.max_steps=30",
+                                      "training.seq_len=128"]),
         "labels": lambda: _start_job("jobs/prompt_completion.yaml", store,
                                      [*common, "name=sentiment", f"dataset.uri={train}", "training.max_steps=30",
                                       "training.seq_len=64", "training.learning_rate=0.005",
@@ -119,9 +164,6 @@ def trained(tmp_path_factory):
                     proc.wait(timeout=30)
                 except subprocess.TimeoutExpired:
                     proc.kill()
-    pirate_eval = write_jsonl(tmp / "pirate_heldout.jsonl",
-                              [json.loads(line) for line in (ROOT / "jobs/data/pirate_chat.jsonl").read_text()
-                               .splitlines()[-48:]])
     return SimpleNamespace(
         tmp=tmp, store=store, pirate=results["pirate"]["adapter_uri"], pirate_job=results["pirate"]["job_id"],
         labels=results["labels"]["adapter_uri"], sentiment_test=test, pirate_eval=pirate_eval,
