@@ -10,7 +10,10 @@
 
 from __future__ import annotations
 
+import os
 import random
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -217,3 +220,51 @@ def test_the_example_tenants_file_parses_as_documented():
         for name in model.model_fields:
             assert f"{name}:" in text, f"jobs/tenants.yaml does not show {model.__name__}.{name}"
     assert "guaranteed:" in text and set(Guarantee.model_fields) <= set(Quota.model_fields)
+
+
+# -- bad input at the door: the example tenants file spoiled, and run --resume without a checkpoint --
+
+CLI = [sys.executable, "-m", "lorafarm.cli.main"]
+
+
+def _cli(*argv: str, cwd: Path = ROOT) -> subprocess.CompletedProcess:
+    env = {**os.environ, "RAY_ADDRESS": "127.0.0.1:1"}  # were anything to reach for a cluster, it would fail fast
+    return subprocess.run([*CLI, *argv], capture_output=True, text=True, cwd=cwd, timeout=300, env=env)
+
+
+SPOILED_TENANTS = [  # (what is changed in jobs/tenants.yaml, text the one error line must hold)
+    (("    weight: 2\n", "    weight: -2\n"), "tenants.acme.weight"),
+    (("    weight: 2\n", "    wieght: 2\n"), "tenants.acme.wieght"),
+    (("default_priority: normal\n", "default_priority: urgent\n"), "default_priority"),
+    (("  aging_per_hour: 100\n", "  aging_per_hour: soon\n"), "policy.aging_per_hour"),
+    (("      max_queued: 20 ", "      max_queued: -1 "), "tenants.default.quota.max_queued"),
+]
+
+
+@pytest.mark.parametrize(("change", "named"), SPOILED_TENANTS, ids=[n for _, n in SPOILED_TENANTS])
+def test_serve_refuses_a_spoiled_tenants_file_naming_the_field_and_starts_nothing(tmp_path, change, named):
+    old, new = change
+    text = (ROOT / "jobs/tenants.yaml").read_text()
+    assert old in text
+    bad = tmp_path / "tenants.yaml"
+    bad.write_text(text.replace(old, new, 1))
+    proc = _cli("serve", "--store", str(tmp_path / "store"), "--tenants", str(bad))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert errors and any(named in line for line in errors), out
+    assert not (tmp_path / "store").exists()  # nothing written, nothing started
+
+
+def test_run_resume_of_a_job_without_a_checkpoint_is_refused_at_the_door(tmp_path):
+    store = tmp_path / "store"
+    proc = _cli("run", str(ROOT / "jobs/quickstart.yaml"), "--store", str(store), "--resume", "no-such-job",
+                "--set", "training.max_steps=2")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 2, out
+    assert "Traceback" not in out
+    errors = [line for line in out.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "--resume" in errors[0] and "no-such-job" in errors[0], out
+    jobs = [p.name for p in (store / "demo").glob("*") if not p.name.startswith("_")] if (store / "demo").exists() else []
+    assert jobs == []  # no job entry written (a tokenization cache under demo/_cache/ may be)
