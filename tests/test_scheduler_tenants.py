@@ -12,7 +12,9 @@ import time
 from pathlib import Path
 
 import pytest
-from ray_head import ROOT, RayHead, wait_until
+from helpers import ROOT, quickstart_spec
+from helpers import wait_for as wait_until
+from ray_head import RayHead
 
 pytestmark = pytest.mark.integration
 
@@ -28,38 +30,25 @@ QUOTA = {"alpha": 2, "beta": 3, "gamma": 2}
 CAPACITY = 4  # 5 logical CPUs, one kept for Ray Data tasks
 
 
-def _spec(tmp: Path, tenant: str, name: str, data: Path, **over) -> dict:
-    import yaml
-
-    spec = yaml.safe_load((ROOT / "jobs/quickstart.yaml").read_text())
-    spec.update(tenant=tenant, name=name)
-    spec["dataset"]["uri"] = str(data)
-    spec["dataset"]["eval_fraction"] = 0.0
-    spec["training"].update(max_steps=2, warmup_steps=1, eval_every_steps=0, seq_len=64, global_batch_size=4,
-                            micro_batch_size=4)
-    spec["resources"].update(workers=1, cpus_per_worker=1)
+def _spec(tenant: str, name: str, data: Path, **over) -> dict:
+    """The quickstart cut to two tiny steps on one worker; ``section__field=value`` overrides one field."""
+    sections = {"training": {"max_steps": 2, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64,
+                             "global_batch_size": 4, "micro_batch_size": 4},
+                "resources": {"workers": 1, "cpus_per_worker": 1}}
     for path, value in over.items():
         section, field = path.split("__")
-        spec[section][field] = value
-    return spec
+        sections.setdefault(section, {})[field] = value
+    return quickstart_spec(tenant, name, data, **sections)
 
 
 @pytest.fixture(scope="module")
-def cluster():
-    tmp = Path(tempfile.mkdtemp(prefix="lft", dir="/tmp"))
-    head = RayHead(tmp, num_cpus=CAPACITY + 1)
-    head.store = str(tmp / "store")
-    head.tmp = tmp
-    (tmp / "tenants.yaml").write_text(TENANTS)
-    rows = [json.loads(line) for line in (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()[:48]]
-    (tmp / "small.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (tmp / "broken.jsonl").write_text("".join(json.dumps({"text": r["messages"][0]["content"]}) + "\n"
-                                              for r in rows))
-    head.lorafarm("serve", "--store", head.store, "--tenants", str(tmp / "tenants.yaml"), "--reserve-cpus", "1",
-                  check=True, timeout=180)
-    yield head
-    head.stop()
-    shutil.rmtree(tmp, ignore_errors=True)
+def cluster(serve_cluster):
+    """The shared `serve` head with TENANTS, plus broken.jsonl: chat rows as text, wrong for a chat spec."""
+    head = serve_cluster(TENANTS, CAPACITY + 1)
+    rows = [json.loads(line) for line in (head.tmp / "small.jsonl").read_text().splitlines()]
+    (head.tmp / "broken.jsonl").write_text("".join(json.dumps({"text": r["messages"][0]["content"]}) + "\n"
+                                                   for r in rows))
+    return head
 
 
 def _submit_all(head, specs: list[dict]) -> list[str]:
@@ -106,7 +95,7 @@ def _intervals(head, job_id: str) -> list[tuple[float, float]]:
 @pytest.mark.timeout(1800)  # its own deadline for the twelve jobs is 900 s, after the cluster starts
 def test_quotas_fair_share_and_a_broken_job(cluster):
     tmp = cluster.tmp
-    blocker = _submit_all(cluster, [_spec(tmp, "ops", "blocker", tmp / "small.jsonl", training__max_steps=2000,
+    blocker = _submit_all(cluster, [_spec("ops", "blocker", tmp / "small.jsonl", training__max_steps=2000,
                                           resources__workers=2, resources__cpus_per_worker=2,
                                           training__global_batch_size=8)])[0]
     wait_until(lambda: _jobs(cluster)[blocker]["state"] == "RUNNING", 60, "the blocker to start")
@@ -116,7 +105,7 @@ def test_quotas_fair_share_and_a_broken_job(cluster):
         for tenant in ("alpha", "beta", "gamma"):
             name = broken_name if (tenant, i) == ("gamma", 2) else f"{tenant}-{i}"
             data = tmp / ("broken.jsonl" if name == broken_name else "small.jsonl")
-            specs.append(_spec(tmp, tenant, name, data))
+            specs.append(_spec(tenant, name, data))
     ids = _submit_all(cluster, specs)
     assert len(set(ids)) == 12
     assert all(_jobs(cluster)[i]["state"] == "QUEUED" for i in ids)  # the blocker holds the whole cluster
@@ -161,7 +150,7 @@ def test_quotas_fair_share_and_a_broken_job(cluster):
 
 def test_scheduler_killed_and_recovered(cluster):
     tmp = cluster.tmp
-    ids = _submit_all(cluster, [_spec(tmp, "alpha", f"recover-{i}", tmp / "small.jsonl", training__max_steps=8,
+    ids = _submit_all(cluster, [_spec("alpha", f"recover-{i}", tmp / "small.jsonl", training__max_steps=8,
                                       training__checkpoint_every_steps=2) for i in range(3)])
     wait_until(lambda: sum(_jobs(cluster)[i]["state"] == "RUNNING" for i in ids) == 2, 120, "two jobs running")
     # kill it once a running job has a checkpoint to resume from
@@ -225,6 +214,10 @@ def test_ray_token_auth(auth_cluster):
     refused = head.ray("job", "submit", "--address", head.dashboard, "--", "lorafarm", "list", env=no_token)
     assert refused.returncode != 0
     assert "auth" in (refused.stdout + refused.stderr).lower() or "401" in refused.stdout + refused.stderr
+    # lorafarm itself, with a wrong token: an authentication failure, not "no Ray cluster"
+    wrong = head.lorafarm("list", env={"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": "wrong-" + "y" * 30}, timeout=300)
+    assert wrong.returncode == 1 and "Traceback" not in wrong.stderr
+    assert f"the Ray cluster at {head.address} refused this client's token" in wrong.stderr, wrong.stderr[-2000:]
 
     entry = (f"lorafarm serve --store {tmp / 'store'} && lorafarm submit {ROOT / 'jobs/quickstart.yaml'} --wait "
              "--set training.max_steps=1 --set training.warmup_steps=0 --set training.eval_every_steps=0 "
