@@ -16,12 +16,13 @@ from .store import (
     sha256_file,
     write_bytes,
 )
-from .uri import filesystem, is_remote, join, normalize, s3_options, scheme_of
+from .uri import check_scheme, filesystem, is_remote, join, normalize, s3_options, scheme_of
 
 __all__ = [
     "MANIFEST",
     "Store",
     "check_output_dir",
+    "check_scheme",
     "check_name",
     "default_store",
     "download_dir",

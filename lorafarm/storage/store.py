@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import StorageError
 from .retry import with_retries
-from .uri import filesystem, is_remote, join, normalize
+from .uri import check_scheme, filesystem, is_remote, join, normalize
 
 if TYPE_CHECKING:
     from ..spec import JobSpec
@@ -73,7 +73,7 @@ class Store:
 
     @classmethod
     def open(cls, uri: str | None = None) -> Store:
-        return cls(normalize(uri or default_store()))
+        return cls(normalize(check_scheme(uri or default_store())))
 
     def job_uri(self, tenant: str, job_id: str) -> str:
         return join(self.root, check_name("tenant", tenant), check_name("job id", job_id))
@@ -179,7 +179,7 @@ def publish_dir(local_dir: str | Path, dest_uri: str, manifest: dict[str, Any]) 
 def read_manifest(adapter_uri: str, verify: bool = True) -> dict[str, Any]:
     """The manifest of a published adapter; with ``verify`` every file's sha256 is checked.
     An adapter without a manifest, or whose files do not match it, does not exist."""
-    uri = normalize(adapter_uri)
+    uri = normalize(check_scheme(adapter_uri))
     try:
         manifest = json.loads(_read(join(uri, MANIFEST)))
     except FileNotFoundError:

@@ -14,6 +14,7 @@ import fsspec
 
 _SCHEME = re.compile(r"^([a-zA-Z][a-zA-Z0-9+.-]*)://")
 CONNECT_TIMEOUT_S = 5
+OTHER_SCHEMES = ("memory",)  # fsspec's in-process filesystem: tests only
 READ_TIMEOUT_S = 30
 
 
@@ -52,6 +53,17 @@ def s3_options() -> dict:
     return opts
 
 
+def check_scheme(uri: str) -> str:
+    """``uri`` when lorafarm reads and writes its scheme; else SpecError (exit 2) saying which do."""
+    s = scheme_of(uri)
+    if s not in ("file", "s3", "s3a", *OTHER_SCHEMES):
+        from ..errors import SpecError
+
+        raise SpecError([f"{uri}: {s}:// is not supported — use a plain path, file:// or s3:// (any S3-compatible "
+                         "store: set AWS_ENDPOINT_URL for MinIO, Ceph or GCS's S3 interoperability endpoint)"])
+    return uri
+
+
 def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     """(filesystem, path within it) for ``uri``."""
     s = scheme_of(uri)
@@ -60,8 +72,10 @@ def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
     if s in ("s3", "s3a"):
         fs = fsspec.filesystem("s3", **s3_options())
         return fs, uri.split("://", 1)[1].rstrip("/")
+    check_scheme(uri)
     fs, path = fsspec.core.url_to_fs(uri)
     return fs, path
+
 
 
 def join(uri: str, *parts: str) -> str:
