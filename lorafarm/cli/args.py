@@ -6,6 +6,7 @@ import argparse
 from collections.abc import Callable
 
 from rich.console import Console
+from rich.markup import escape
 
 STORE_HELP = "object store root (default $LORAFARM_STORE or ~/.local/share/lorafarm/store)"
 
@@ -22,6 +23,6 @@ def notice_printer(console: Console) -> Callable[[str], None]:
     """Print a preflight notice (an interval capped to the run's length) as one stderr line."""
 
     def notice(message: str) -> None:
-        console.print(f"[cyan]notice:[/] {message}", highlight=False, soft_wrap=True)
+        console.print(f"[cyan]notice:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
     return notice

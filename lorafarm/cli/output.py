@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 
 from ..errors import LorafarmError, SpecError
 
@@ -91,10 +92,10 @@ def run_command(handler: Handler, args: argparse.Namespace, console: Console) ->
         return int(handler(args, console) or EXIT_OK)
     except SpecError as e:
         for line in e.problems:
-            console.print(f"[red]error:[/] {line}", highlight=False, markup=True, soft_wrap=True)
+            console.print(f"[red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)  # [q_proj] is text
         return EXIT_USAGE
     except LorafarmError as e:
-        console.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
+        console.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
         return e.exit_code
     except KeyboardInterrupt:
         console.print("[yellow]interrupted")
@@ -102,6 +103,6 @@ def run_command(handler: Handler, args: argparse.Namespace, console: Console) ->
     except Exception as e:  # noqa: BLE001 - last resort: one line, traceback only on request
         if os.environ.get("LORAFARM_DEBUG"):
             traceback.print_exc()
-        console.print(f"[red]error:[/] unexpected {type(e).__name__}: {e} (set LORAFARM_DEBUG=1 for a traceback)",
+        console.print(f"[red]error:[/] unexpected {type(e).__name__}: {escape(str(e))} (set LORAFARM_DEBUG=1 for a traceback)",
                       highlight=False, soft_wrap=True)
         return EXIT_FAILED

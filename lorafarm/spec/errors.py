@@ -15,7 +15,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from .model import NAME_RULE
+from .model import NAME_RULE, OWN_WORDING
 
 _BOUNDS = {"greater_than": "> ", "greater_than_equal": ">= ", "less_than": "< ", "less_than_equal": "<= "}
 
@@ -70,6 +70,8 @@ def describe(err: Any, wording: Wording) -> str:
         return f"{path}: {got!r} is not a valid {what} — use {NAME_RULE}"
     if kind in _BOUNDS:
         return f"{path}: {got!r} is out of range — use a value {_BOUNDS[kind]}{next(iter(ctx.values()), '')}"
+    if kind == OWN_WORDING:
+        return f"{path}: {err['msg']}"
     if kind == "finite_number":
         return f"{path}: {got!r} is not a finite number — write a number such as {wording.number_example}"
     if kind == "too_short":

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 NAME_RULE = "1-40 characters of lowercase letters, digits and '-', not starting with '-'"
@@ -19,6 +20,7 @@ NAME_RULE = "1-40 characters of lowercase letters, digits and '-', not starting 
 # (a seed torch cannot take, a run of 10^30 steps); numbers are finite everywhere (no inf/nan).
 MAX_STEPS = 10_000_000
 MAX_SEED = 2**32 - 1
+OWN_WORDING = "lorafarm"  # a validator's error already worded `what is wrong — how to fix`
 
 
 class _Section(BaseModel):
@@ -67,6 +69,14 @@ class LoraSpec(_Section):
     )
     use_rslora: bool = Field(False, description="Rank-stabilised scaling alpha/sqrt(r).")
     use_dora: bool = Field(False, description="Weight-decomposed LoRA (DoRA).")
+
+    @field_validator("target_modules")
+    @classmethod
+    def _some_targets(cls, value: list[str] | str) -> list[str] | str:
+        if value == []:  # PEFT would fail at run time, with 0 parameters to train
+            raise PydanticCustomError(OWN_WORDING, "is empty, so nothing would train — use at least one module, "
+                                      "e.g. [q_proj, v_proj], or all-linear")
+        return value
 
 
 class TrainingSpec(_Section):
