@@ -127,6 +127,16 @@ def test_a_port_in_use_is_named():
     service_config.check_port_free(free_port(), "this node")  # a free one passes
 
 
+def test_a_store_the_cluster_cannot_read_says_where_the_credentials_must_go():
+    from lorafarm.scheduler.service import _start_failure, _StoreUnreachable
+
+    line = _start_failure(_StoreUnreachable("NoCredentialsError: Unable to locate credentials"), "s3://b/lf")
+    assert "cannot read store s3://b/lf: NoCredentialsError" in line
+    assert "credentials set only here do not reach it" in line and "AWS_ACCESS_KEY_ID" in line
+    assert "\n" not in line
+    assert _start_failure(SpecError(["--hang-timeout: -5.0 must be ..."]), "/s") == "--hang-timeout: -5.0 must be ..."
+
+
 def test_refused_token_probe_is_false_where_nothing_listens():
     from lorafarm.scheduler.client import auth_message, refused_token
 
@@ -278,8 +288,13 @@ TENANTS = textwrap.dedent("""
 
 @pytest.mark.integration
 @pytest.mark.timeout(1500)
-def test_restart_port_and_config_on_a_real_cluster(serve_cluster, tmp_path):
-    head = serve_cluster(TENANTS, 3)
+def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp_path):
+    # the cluster starts without the S3 credentials that this process (the client's shell) has
+    aws = {k: os.environ.pop(k) for k in list(os.environ) if k.startswith("AWS_")}
+    try:
+        head = serve_cluster(TENANTS, 3)
+    finally:
+        os.environ.update(aws)
     spec_file = tmp_path / "job.yaml"
     import yaml
 
@@ -324,6 +339,18 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, tmp_path):
             taken = head.lorafarm("serve", "--store", head.store, "--metrics-port", str(port))
         assert taken.returncode == 1 and f"--metrics-port {port}" in _one_error_line(taken)
         assert head.lorafarm("list").returncode == 1  # still none running
+
+        # an S3 store whose credentials are only in this shell: the scheduler cannot reach it
+        s3 = head.lorafarm("serve", "--store", f"s3://{s3_bucket}/lorafarm", env=aws, timeout=300)
+        assert s3.returncode == 1, s3.stderr[-2000:]
+        line = _one_error_line(s3)
+        assert f"cannot read store s3://{s3_bucket}/lorafarm" in line and "AWS_ACCESS_KEY_ID" in line, line
+        assert "this shell has AWS_ACCESS_KEY_ID" in line
+        import boto3
+
+        listed = boto3.client("s3", endpoint_url=aws["AWS_ENDPOINT_URL"]).list_objects_v2(Bucket=s3_bucket)
+        assert listed.get("KeyCount", 0) == 0  # nothing written
+        assert head.lorafarm("list").returncode == 1  # and no scheduler left behind
 
         # a plain `serve` reuses the configuration the first one was started with
         served = head.lorafarm_json("serve", "--store", head.store)
