@@ -266,3 +266,32 @@ def test_reading_a_huge_line_holds_a_bounded_window(tmp_path):
     tracemalloc.stop()
     assert table.column("text").to_pylist() == ["a", "c"] and report.skipped == 1
     assert peak < 8 << 20, f"peak {peak:,} bytes"
+
+
+def test_parquet_text_cells_and_json_array_elements_over_the_limit_are_named(tmp_path, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from lorafarm.data import read, read_examples
+    from lorafarm.errors import DataError
+    from lorafarm.spec import DatasetSpec
+
+    p = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"text": ["a", "é" * 300, "c"]}), p)
+    spec = DatasetSpec(uri=str(p), max_row_bytes=100)
+    with pytest.raises(DataError, match=r"d.parquet: row 1 is 600 bytes, over dataset.max_row_bytes = 100 — split"):
+        read_examples(str(p), spec)
+    table, report = read_examples(str(p), spec.model_copy(update={"on_bad_rows": "skip"}))
+    assert table.column("text").to_pylist() == ["a", "c"] and report.skipped == 1
+
+    j = tmp_path / "d.json"
+    j.write_text(json.dumps([{"text": "a"}, {"text": "b" * 500}], indent=1))
+    small = DatasetSpec(uri=str(j), max_row_bytes=100)
+    with pytest.raises(DataError, match=r"d.json: element 1 is 517 bytes, over dataset.max_row_bytes = 100"):
+        read_examples(str(j), small)
+    assert read_examples(str(j), small.model_copy(update={"on_bad_rows": "skip"}))[1].skipped == 1
+    monkeypatch.setattr(read, "CHUNK_BYTES", 16)  # an element longer than what is held is not even parsed
+    with pytest.raises(DataError, match=r"d.json: element 1 \(from line 5\) does not end within "
+                                        r"dataset.max_row_bytes = 100 bytes"):
+        read_examples(str(j), small)
+    assert read_examples(str(j), DatasetSpec(uri=str(j)))[0].column("text").to_pylist() == ["a", "b" * 500]

@@ -343,7 +343,8 @@ class _ArrayReader:
                         f"dataset.max_row_bytes = {self.limit:,} bytes (too large, or invalid JSON) — split the "
                         "example, write the file as JSONL, or raise the limit")
                 self.refill()
-            yield index, value
+            size = len(self.text[self.pos:end].encode())
+            yield index, (_TooLarge(size, self.limit, "element") if size > self.limit else value)
             self.pos = end
             index += 1
 
