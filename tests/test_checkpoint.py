@@ -144,20 +144,6 @@ def test_elastic_resume_with_dropout_is_exact_across_worker_counts(tmp_path, bas
     assert _max_diff(reference, no_dropout) > 1e-4  # the masks were really applied
 
 
-def test_a_corrupt_rng_file_falls_back_to_the_checkpoint_before(baseline):
-    tmp, whole, _ = baseline
-    spec = _spec(checkpoint_every_steps=1, keep_last=2)
-    first = _run(tmp, spec, "rng-fallback", world=1, stop_after=4)
-    assert first["preempted_at"] == 4
-    rng = tmp / "store/t/rng-fallback/checkpoints/step-4/rng-rank-0.pt"
-    data = bytearray(rng.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    rng.write_bytes(bytes(data))
-    second = _run(tmp, spec, "rng-fallback", world=1)
-    assert second["resumed_from"] == 3 and second["published"]
-    assert _max_diff(_adapter(tmp, "rng-fallback"), whole) <= 1e-6
-
-
 def test_periodic_checkpoints_are_pruned_to_keep_last(tmp_path):
     report = _run(tmp_path, _spec(checkpoint_every_steps=1, keep_last=2), "periodic", world=1)
     assert [c["step"] for c in report["checkpoints"]] == [1, 2, 3, 4, 5]  # none after the last step
@@ -223,14 +209,18 @@ def test_nonfinite_loss_skip_leaves_the_update_out_and_goes_on(tmp_path, baselin
 
 
 def test_a_corrupt_newest_checkpoint_falls_back_to_the_one_before(baseline):
+    """A flipped byte in a tensor file, or in a rank's RNG file, makes a checkpoint corrupt:
+    the marker's sha256s cover both, and the resume falls back past them."""
     tmp, whole, _ = baseline
-    first = _run(tmp, _spec(checkpoint_every_steps=1, keep_last=2), "fallback", world=1, stop_after=4)
-    assert first["preempted_at"] == 4
-    newest = tmp / "store/t/fallback/checkpoints/step-4/weights.safetensors"
-    data = bytearray(newest.read_bytes())
-    data[-5] ^= 0xFF  # one flipped bit in a tensor: the marker's sha256 catches it
-    newest.write_bytes(bytes(data))
-    second = _run(tmp, _spec(checkpoint_every_steps=1, keep_last=2), "fallback", world=1)
+    spec = _spec(checkpoint_every_steps=1, keep_last=3)
+    first = _run(tmp, spec, "fallback", world=1, stop_after=5)
+    assert first["preempted_at"] == 5
+    for corrupt, at in (("step-5/rng-rank-0.pt", 0.5), ("step-4/weights.safetensors", -5)):
+        path = tmp / "store/t/fallback/checkpoints" / corrupt
+        data = bytearray(path.read_bytes())
+        data[int(at * len(data)) if isinstance(at, float) else at] ^= 0xFF
+        path.write_bytes(bytes(data))
+    second = _run(tmp, spec, "fallback", world=1)
     assert second["resumed_from"] == 3 and second["published"]
     assert _max_diff(_adapter(tmp, "fallback"), whole) <= 1e-6
 

@@ -15,6 +15,10 @@ global batch*, whatever the worker count or micro batch. Every rank knows the gl
 label-token count from the tokenized table, scales its micro-batch token sums by it, and
 DeepSpeed's 1/accumulation and rank averaging then yield exactly that mean. So the same spec
 on 1, 2 or 4 workers takes the same optimizer steps.
+
+Dropout: every dropout module draws its masks from (seed, step, the row's position in the
+global batch) (:mod:`lorafarm.worker.dropout`), so the masks too are the same on any worker
+count and micro batch, and a resume on another worker count is exact.
 """
 
 from __future__ import annotations
