@@ -5,7 +5,7 @@ started") to *stdout* from a background thread, which would break `--json` promi
 stdout line is one JSON object"). We route those messages to stderr, where logs belong.
 
 Ray's own INFO lines ("Connecting to existing Ray cluster at ...", "Started a local Ray
-instance") and its core's warnings (retries while connecting) show only with the global
+instance") show only with the global
 ``lorafarm --verbose`` (``lorafarm.cli.output.quiet_ray`` sets Ray's log levels before anything
 imports Ray, and ``LORAFARM_VERBOSE=1`` when verbose).
 """

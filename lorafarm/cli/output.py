@@ -64,16 +64,15 @@ VERBOSE_ENV = "LORAFARM_VERBOSE"  # read by lorafarm.rayio.verbose(), in every p
 
 def quiet_ray(verbose: bool) -> None:
     """Call before Ray is imported: Ray's INFO lines ("Connecting to existing Ray cluster",
-    "Started a local Ray instance") and its core's warnings show only with ``--verbose``.
-    ``RAY_LOGGER_LEVEL`` is the default of ``ray.init(logging_level=...)``, read when Ray is
-    imported; ``RAY_BACKEND_LOG_LEVEL`` is its C++ core's. A value the user set is kept."""
+    "Started a local Ray instance") show only with ``--verbose``. ``RAY_LOGGER_LEVEL`` is the
+    default of ``ray.init(logging_level=...)``, read when Ray is imported; a value the user set
+    is kept."""
     if verbose:
         os.environ[VERBOSE_ENV] = "1"
         return
     if os.environ.get(VERBOSE_ENV, "").strip().lower() not in ("", "0", "false", "no"):
         return
     os.environ.setdefault("RAY_LOGGER_LEVEL", "warning")
-    os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "error")
 
 
 def emit_json(obj: Any) -> None:
