@@ -300,11 +300,10 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp
 
     spec_file.write_text(yaml.safe_dump(quickstart_spec(
         "demo", "restart", head.tmp / "small.jsonl",
-        training={"max_steps": 12, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
+        training={"max_steps": 60, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
                   "micro_batch_size": 4, "checkpoint_every_steps": 2},
         resources={"workers": 1, "cpus_per_worker": 1})))
 
-    # everyday output: to stdout, as text, without Ray's INFO lines
     listed = head.lorafarm("list", "--state", "bogus")
     assert listed.returncode == 2 and "use one of QUEUED" in _one_error_line(listed)
 
@@ -319,14 +318,6 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp
         job = wait_for(job_id, 120, "the job to be queued")
         wait_for(lambda: (head.lorafarm_json("status", job).get("last_checkpoint_step") or 0) >= 2, 400,
                  "a checkpoint")
-        status = head.lorafarm("status", job)
-        assert status.returncode == 0 and "state:" in status.stdout and "submitted:" in status.stdout, status.stderr
-        assert "progress:" in status.stdout and " INFO " not in status.stderr
-        events = head.lorafarm("events", job)
-        assert "submitted" in events.stdout and "started" in events.stdout
-        logs = head.lorafarm("logs", job)
-        assert "step " in logs.stdout and "{'" not in logs.stdout
-
         kill = head.python("import ray\nray.init(log_to_driver=False)\n"
                            "ray.kill(ray.get_actor('scheduler', namespace='lorafarm'), no_restart=True)\n")
         assert kill.returncode == 0, kill.stderr[-2000:]
@@ -357,7 +348,7 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp
         assert served["created"] is True and served["store"] == head.store
         assert served["config"]["reserve_cpus"] == 1 and served["config"]["tenants"] is True
 
-        out, err = follower.communicate(timeout=600)
+        out, err = follower.communicate(timeout=900)
     finally:
         if follower.poll() is None:
             follower.kill()
@@ -367,6 +358,15 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp
     assert "the scheduler is back" in err, err[-3000:]
     final = head.lorafarm_json("status", job)
     assert final["state"] == "SUCCEEDED" and final["adapter_uri"]
+
+    # everyday output: to stdout, as text, without Ray's INFO lines
+    status = head.lorafarm("status", job)
+    assert status.returncode == 0 and "state:" in status.stdout and "submitted:" in status.stdout, status.stderr
+    assert "progress:" in status.stdout and " INFO " not in status.stderr
+    events = head.lorafarm("events", job)
+    assert "submitted" in events.stdout and "started" in events.stdout
+    logs = head.lorafarm("logs", job)
+    assert "step " in logs.stdout and "{'" not in logs.stdout
     assert "recovered" in [json.loads(line)["kind"] for line in head.lorafarm("events", job, "--json").stdout.splitlines()]
 
     # serve while one runs: another store is reported as what it really serves; another tenants
