@@ -1,10 +1,13 @@
-"""``lorafarm validate``: a dry run that does the cheap I/O a job would fail on later.
+"""The preflight of ``lorafarm validate``, ``run`` and ``submit`` (:func:`lorafarm.api.prepare`):
+a dry run that does the cheap I/O a job would fail on later, before anything is queued,
+started or written.
 
 Checks, all reported at once: the dataset exists and is readable with the columns the format
 needs; the base model resolves and has the target modules; a sample tokenizes; how many
 examples/tokens there are, how many lose all labels to masking or truncation; steps per
-epoch, total steps and a rough ETA. Tokenizes at most ``SAMPLE_LIMIT`` examples and
-extrapolates beyond that.
+epoch, total steps (:mod:`lorafarm.spec.steps`, the count the recipe uses) and a rough ETA.
+Tokenizes at most ``SAMPLE_LIMIT`` examples and extrapolates beyond that. Intervals longer than
+the run are capped in the spec it returns, each with a notice.
 """
 
 from __future__ import annotations
@@ -47,13 +50,15 @@ def check(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
         notices.append("trust_remote_code: the base model's own code is not run before the job starts — its target "
                        "modules and tokenizer are checked then")
     elif model_dir is not None:
-        problems.extend(_check_model(spec, model_dir, report))
+        model_problems = _check_model(spec, model_dir, report)
+        problems.extend(model_problems)
         try:
             from .model import load_tokenizer
 
-            tokenizer = load_tokenizer(model_dir)
+            if not any(p.startswith("base_model:") for p in model_problems):  # its config is readable
+                tokenizer = load_tokenizer(model_dir)
         except Exception as e:  # noqa: BLE001 - a broken tokenizer is the user's to fix: one line
-            problems.append(f"base_model: {model_dir}: cannot load its tokenizer ({type(e).__name__}: {e}) — "
+            problems.append(f"base_model: {model_dir}: cannot load its tokenizer ({_one_line(e)}) — "
                             "check the directory's tokenizer files")
     table = None
     try:
@@ -86,6 +91,12 @@ def check(spec: JobSpec) -> tuple[JobSpec, dict[str, Any]]:
     return spec, report
 
 
+def _one_line(e: BaseException, limit: int = 300) -> str:
+    """``Type: message`` of a library's exception on one line, cut at ``limit`` characters."""
+    text = " ".join(f"{type(e).__name__}: {e}".split())
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
 def _check_model(spec: JobSpec, model_dir, report: dict[str, Any]) -> list[str]:
     """Target modules exist: build the model on the meta device (no weights read)."""
     import torch
@@ -98,7 +109,7 @@ def _check_model(spec: JobSpec, model_dir, report: dict[str, Any]) -> list[str]:
         with torch.device("meta"):
             model = AutoModelForCausalLM.from_config(config)
     except Exception as e:  # noqa: BLE001 - a broken config is the user's to fix: one line
-        return [f"base_model: {model_dir}: cannot build the model from its config ({type(e).__name__}: {e}) — "
+        return [f"base_model: {model_dir}: cannot build the model from its config ({_one_line(e)}) — "
                 "check its config.json, or use another base_model"]
     report["base_params"] = sum(p.numel() for p in model.parameters())
     missing = missing_targets(model, spec.lora)

@@ -173,6 +173,8 @@ PREFLIGHT_CASES = [
          holds=("garbage.jsonl",)),
     Case("base-missing", spec=lambda g: _set(g, "base_model", "/nonexistent/base-model"), starts="",
          holds=("/nonexistent/base-model",)),
+    Case("base-broken-config", spec=lambda g: _set(g, "base_model", "{tmp}/badbase"), starts="base_model: ",
+         holds=("badbase: cannot build the model from its config", "config.json")),
     Case("target-missing", spec=lambda g: _set(g, "lora.target_modules", ["q_proj", "qkv_fused"]),
          starts="lora.target_modules: qkv_fused not found in the base model", holds=("q_proj",)),
     Case("labels-all-cut", spec=lambda g: _set(g, "training.seq_len", 8), starts="dataset: every example loses all",
@@ -197,6 +199,8 @@ def workdir(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("bad")
     write_small_chat_dataset(tmp / "chat.jsonl", rows=48)
     (tmp / "garbage.jsonl").write_bytes(b"\x00\x01\xffnot json at all\n{\"messages\": 3\n")
+    (tmp / "badbase").mkdir()
+    (tmp / "badbase" / "config.json").write_text('{"model_type": "llama", "hidden_size": -5}')
     return tmp
 
 
@@ -310,6 +314,16 @@ def test_caps_reach_the_spec_the_job_runs():
     raw["training"].update(warmup_steps=0, eval_every_steps=0)
     spec, report = check(validate_spec(raw))
     assert spec.training.checkpoint_every_steps == 50 and report["notices"] == []  # the default: no notice
+
+
+def test_remote_code_is_not_run_by_the_preflight():
+    """trust_remote_code: the scheduler decides (the tenants file); the client never runs the base's code."""
+    from lorafarm.preflight import check
+
+    raw = quickstart_spec("demo", "trust", ROOT / "jobs/data/pirate_chat.jsonl", training={"max_steps": 100})
+    _, report = check(validate_spec({**raw, "trust_remote_code": True}))
+    assert report["notices"][0].startswith("trust_remote_code: the base model's own code is not run")
+    assert "adapted_modules" not in report
 
 
 def test_caps_with_epochs_use_the_counted_steps(tmp_path):
