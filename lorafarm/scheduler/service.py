@@ -13,7 +13,7 @@ from typing import Any
 
 import ray
 
-from ..errors import LorafarmError, SpecError
+from ..errors import LorafarmError, SchedulerUnavailable, SpecError
 from ..events import Event
 from ..spec import load_tenants
 from ..storage import Store
@@ -47,6 +47,7 @@ class Scheduler:
             self._start(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
         except Exception as e:  # noqa: BLE001 - reported through ping, one line
             self.failed = _start_failure(e, store_uri)
+            self.core = None  # serves nothing; the client removes it
             return
         self._loop = threading.Thread(target=self._run, name="lorafarm-admission", daemon=True)
         self._loop.start()
@@ -82,29 +83,35 @@ class Scheduler:
             except Exception as e:  # noqa: BLE001 - the loop must survive any one bad tick
                 print(f"lorafarm scheduler: tick failed: {type(e).__name__}: {e}", flush=True)
 
+    def _core(self) -> SchedulerCore:
+        """The core; a scheduler that failed to start (and is being removed) serves nothing."""
+        if self.core is None:
+            raise SchedulerUnavailable(f"the lorafarm scheduler is not running ({self.failed})")
+        return self.core
+
     def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self.core.submit(spec)
+        return self._core().submit(spec)
 
     def status(self, job_id: str) -> dict[str, Any]:
-        return self.core.status(job_id)
+        return self._core().status(job_id)
 
     def list(self, tenant: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
-        return self.core.list(tenant, state)
+        return self._core().list(tenant, state)
 
     def events(self, job_id: str) -> list[dict[str, Any]]:
-        return self.core.events(job_id)
+        return self._core().events(job_id)
 
     def logs(self, job_id: str, offset: int = 0):
-        return self.core.logs_since(job_id, offset)
+        return self._core().logs_since(job_id, offset)
 
     def cancel(self, job_id: str) -> dict[str, Any]:
-        return self.core.cancel(job_id)
+        return self._core().cancel(job_id)
 
     def tenants(self) -> list[dict[str, Any]]:
-        return self.core.tenants_usage()
+        return self._core().tenants_usage()
 
     def report(self, job_id: str, event: Event) -> None:
-        self.core.report(job_id, event)
+        self._core().report(job_id, event)
 
     def ping(self) -> dict[str, Any]:
         """``store``, ``jobs``, ``running`` and the configuration it runs with; ``error`` when it failed to start."""
@@ -115,7 +122,7 @@ class Scheduler:
     def reload_tenants(self, tenants_text: str) -> dict[str, Any]:
         """Validate and swap the tenants file (a bad one raises SpecError: the old one stays)."""
         tenants = load_tenants(tenants_text or None)
-        self.core.reload_tenants(tenants)
+        self._core().reload_tenants(tenants)
         self.config = dataclasses.replace(self.config, tenants_text=tenants_text or None)
         service_config.save(self.core.store, self.config)
         return self.ping()
