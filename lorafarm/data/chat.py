@@ -33,6 +33,7 @@ BUILTIN_TEMPLATE = (  # newlines as expressions: transformers renders templates 
     "{% if bos_token %}{{ bos_token }}{% endif %}"
     "{% for m in messages %}{{ '<|' + m['role'] + '|>\\n' + m['content'] }}"
     "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{{ '\\n' }}{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|assistant|>\\n' }}{% endif %}"
 )
 _MARK = "\u27eblorafarm-reply-{}\u27ea"  # ⟫…⟪: never part of a template's own text
 

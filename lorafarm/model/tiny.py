@@ -84,10 +84,16 @@ def build_model(dtype=None):
 
 
 def write_dir(out: Path) -> Path:
-    """Write tiny-llama's files (config, safetensors, tokenizer) into the directory ``out``."""
+    """Write tiny-llama's files (config, safetensors, tokenizer) into the directory ``out``. The
+    tokenizer carries the built-in chat template that training used, so ``apply_chat_template``
+    on the exported model renders chats as the adapter was trained on them."""
+    from ..data.chat import BUILTIN_TEMPLATE
+
     out.mkdir(parents=True, exist_ok=True)
     build_model().save_pretrained(out, safe_serialization=True)
-    build_tokenizer().save_pretrained(out)
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = BUILTIN_TEMPLATE
+    tokenizer.save_pretrained(out)
     return out
 
 
