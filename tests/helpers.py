@@ -59,6 +59,17 @@ def quickstart_spec(tenant: str, name: str, data: Path | str, **sections: dict[s
     return spec
 
 
+def with_field(spec: dict, dotted: str, value: Any) -> dict:
+    """A deep copy of ``spec`` with the field at ``dotted`` (e.g. ``lora.r``) set to ``value``."""
+    spec = json.loads(json.dumps(spec))
+    *parents, leaf = dotted.split(".")
+    node = spec
+    for p in parents:
+        node = node.setdefault(p, {})
+    node[leaf] = value
+    return spec
+
+
 def write_small_chat_dataset(path: Path, rows: int = 48) -> Path:
     """The first ``rows`` conversations of jobs/data/pirate_chat.jsonl: enough for a few steps."""
     lines = (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()[:rows]

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 import yaml
-from helpers import ROOT, quickstart_spec, write_small_chat_dataset
+from helpers import ROOT, quickstart_spec, with_field, write_small_chat_dataset
 
 from lorafarm.spec import load_tenants, resume_differences, validate_spec
 from lorafarm.tenants import TenantsError
@@ -59,13 +59,7 @@ def files_under(path: Path) -> list[str]:
 
 
 def _set(spec: dict, dotted: str, value: Any) -> dict:
-    spec = json.loads(json.dumps(spec))
-    *parents, leaf = dotted.split(".")
-    node = spec
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
-    return spec
+    return with_field(spec, dotted, value)
 
 
 class Case:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from helpers import with_field
 
 from lorafarm.cli.main import main
 from lorafarm.errors import SpecError
@@ -24,13 +25,7 @@ GOOD = {
 
 
 def _with(path: str, value) -> dict:
-    spec = json.loads(json.dumps(GOOD))
-    node = spec
-    *parents, leaf = path.split(".")
-    for p in parents:
-        node = node.setdefault(p, {})
-    node[leaf] = value
-    return spec
+    return with_field(GOOD, path, value)
 
 
 def _without(path: str) -> dict:
