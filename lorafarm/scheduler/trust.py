@@ -4,6 +4,7 @@ under another tenant's store prefix (checked at submit, before anything is queue
 from __future__ import annotations
 
 from ..spec import JobSpec, TenantsConfig
+from ..storage import is_under, join
 
 
 def trust_problems(spec: JobSpec, tenants: TenantsConfig, store_root: str) -> list[str]:
@@ -11,12 +12,12 @@ def trust_problems(spec: JobSpec, tenants: TenantsConfig, store_root: str) -> li
     if spec.trust_remote_code and not tenants.allows_remote_code(spec.tenant):
         problems.append(f"trust_remote_code: not allowed for tenant {spec.tenant!r} — remove it, or ask the "
                         "operator to set allow_trust_remote_code in the tenants file")
-    # a tenant reads only under its own store prefix
-    prefix = store_root.rstrip("/") + "/"
-    own = store_root.rstrip("/") + f"/{spec.tenant}/"
+    # a tenant reads only under its own store prefix, however a URI spells it (``..``, symlinks,
+    # file://, s3a://, letter case, repeated slashes): both sides are compared in canonical form
+    own = join(store_root, spec.tenant)
     for field, uri in (("dataset.uri", spec.dataset.uri), ("dataset.eval_uri", spec.dataset.eval_uri),
                        ("base_model", spec.base_model)):
-        if uri and uri.startswith(prefix) and not uri.startswith(own):
+        if uri and is_under(uri, store_root) and not is_under(uri, own):
             problems.append(f"{field}: {uri} is under another tenant's store prefix — tenants read only "
-                            f"under {own}")
+                            f"under {own.rstrip('/')}/")
     return problems

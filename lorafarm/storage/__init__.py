@@ -16,11 +16,22 @@ from .store import (
     sha256_file,
     write_bytes,
 )
-from .uri import check_scheme, filesystem, is_remote, join, normalize, s3_options, scheme_of
+from .uri import (
+    canonical,
+    check_scheme,
+    filesystem,
+    is_remote,
+    is_under,
+    join,
+    normalize,
+    s3_options,
+    scheme_of,
+)
 
 __all__ = [
     "MANIFEST",
     "Store",
+    "canonical",
     "check_output_dir",
     "check_scheme",
     "check_name",
@@ -29,6 +40,7 @@ __all__ = [
     "exists",
     "filesystem",
     "is_remote",
+    "is_under",
     "is_transient",
     "join",
     "new_job_id",

@@ -7,6 +7,7 @@ included, so MinIO/Ceph work without extra flags.
 from __future__ import annotations
 
 import os
+import posixpath
 import re
 from pathlib import Path
 
@@ -34,6 +35,28 @@ def normalize(uri: str) -> str:
         path = uri[len("file://") :] if uri.startswith("file://") else uri
         return str(Path(os.path.expanduser(path)).resolve())
     return uri.rstrip("/")
+
+
+def canonical(uri: str) -> tuple[str, str]:
+    """(scheme, path) naming what ``uri`` reads, for prefix checks: every spelling of one object
+    gives one pair. Local paths are absolute with ``..`` and symlinks resolved (``file://`` or
+    plain); ``s3a://`` and any letter case of ``s3://`` are ``s3``; ``.``, ``..`` and repeated
+    slashes in object keys are collapsed (conservative: a key that spells ``..`` literally is
+    treated as the path it looks like)."""
+    s = scheme_of(uri)
+    if s == "file":
+        return "file", normalize(uri)
+    rest = uri.split("://", 1)[1]
+    if s == "s3a":
+        s = "s3"
+    path = posixpath.normpath("/" + rest).lstrip("/")
+    return s, "" if path == "." else path
+
+
+def is_under(uri: str, root: str) -> bool:
+    """Whether ``uri`` names ``root`` or something below it, however either is spelled."""
+    (s, path), (rs, rpath) = canonical(uri), canonical(root)
+    return s == rs and (path == rpath or path.startswith(rpath.rstrip("/") + "/"))
 
 
 def s3_options() -> dict:
