@@ -29,6 +29,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
     p.add_argument("--dtype", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                    help="default fp32 on CPU, bf16 on GPU")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let a base that needs its repository's own code run it (never taken from a manifest)")
     p.add_argument("--json", action="store_true")
 
 
@@ -129,7 +131,8 @@ def try_cmd(args: argparse.Namespace, console: Console) -> int:
         raise SpecError(["no prompt given — use --prompt TEXT (repeatable) or --prompts FILE"])
     sources = _sources(args)
     quiet_loading()
-    with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
+    with session(sources, base=args.base, device=args.device, dtype=args.dtype,
+                 trust_remote_code=args.trust_remote_code) as s:
         for w in s.warnings:
             warn(console, w)
         records = try_prompts(s, prompts, scales, args.max_new_tokens, args.temperature, args.seed, args.system)
@@ -161,7 +164,8 @@ def eval_cmd(args: argparse.Namespace, console: Console) -> int:
     sources = _sources(args)
     data = normalize(args.data)
     quiet_loading()
-    with session(sources, base=args.base, device=args.device, dtype=args.dtype) as s:
+    with session(sources, base=args.base, device=args.device, dtype=args.dtype,
+                 trust_remote_code=args.trust_remote_code) as s:
         for w in s.warnings:
             warn(console, w)
         summary = evaluate(s, data, fmt=args.format, scales=scales, labels=args.labels, seq_len=args.seq_len,

@@ -182,8 +182,11 @@ def pick_device(device: str = "auto") -> str:
 
 
 def open_session(uris: list[str], workdir: Path, base: str | None = None, device: str = "auto",
-                 dtype: str = "auto") -> Session:
-    """Pull and check every adapter, load the base once, attach each adapter by name."""
+                 dtype: str = "auto", trust_remote_code: bool = False) -> Session:
+    """Pull and check every adapter, load the base once, attach each adapter by name.
+
+    A base that needs its repository's own code runs it only when the user says so
+    (``trust_remote_code``): an adapter's manifest is someone else's word, never consent."""
     import torch
     from peft import PeftModel
 
@@ -194,7 +197,11 @@ def open_session(uris: list[str], workdir: Path, base: str | None = None, device
     adapters = pull_adapters(uris, workdir)
     base_label = choose_base(adapters, base)
     base_dir = resolve_base(base_label)
-    trust = any(bool(a.spec.get("trust_remote_code")) for a in adapters)
+    wants = [a.label for a in adapters if a.spec.get("trust_remote_code")]
+    if wants and not trust_remote_code:
+        raise AdapterError(f"adapter {wants[0]} was trained with trust_remote_code: its base {base_label!r} runs code "
+                           "from its own repository — pass --trust-remote-code if you trust that base")
+    trust = bool(wants) and trust_remote_code
     device = pick_device(device)
     torch_dtype = {"auto": torch.bfloat16 if device.startswith("cuda") else torch.float32,
                    "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[dtype]
@@ -230,10 +237,11 @@ def quiet_loading() -> None:
 
 
 @contextlib.contextmanager
-def session(uris: list[str], base: str | None = None, device: str = "auto", dtype: str = "auto"
-            ) -> Iterator[Session]:
+def session(uris: list[str], base: str | None = None, device: str = "auto", dtype: str = "auto",
+            trust_remote_code: bool = False) -> Iterator[Session]:
     with tempfile.TemporaryDirectory(prefix="lorafarm-use-") as tmp:
-        yield open_session(uris, Path(tmp), base=base, device=device, dtype=dtype)
+        yield open_session(uris, Path(tmp), base=base, device=device, dtype=dtype,
+                           trust_remote_code=trust_remote_code)
 
 
 def adapter_config(adapter: Adapter) -> dict[str, Any]:

@@ -1,0 +1,51 @@
+"""`try`/`eval` never run a base model's own code on an adapter manifest's word: a manifest that
+says ``trust_remote_code`` is refused unless the user passes ``--trust-remote-code``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+from helpers import ROOT
+
+from lorafarm.errors import AdapterError
+
+
+@pytest.fixture(scope="module")
+def remote_code_adapter(tmp_path_factory):
+    """A real PEFT adapter on tiny-llama whose manifest claims its job trusted remote code."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    from lorafarm.adapter.save import publish, save_peft
+    from lorafarm.model import load_base, resolve_base
+
+    tmp = tmp_path_factory.mktemp("trust")
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(load_base(resolve_base("tiny-llama")), config)
+    local = save_peft(tmp / "local", get_peft_model_state_dict(model), config, "tiny-llama")
+    adapter = tmp / "store" / "mallory" / "job-1" / "adapter"
+    publish(local, str(adapter), {"base_model": "tiny-llama", "job_id": "job-1", "spec": {
+        "trust_remote_code": True, "dataset": {"format": "text"}, "training": {"seq_len": 64}}})
+    return adapter
+
+
+def test_a_manifest_asking_for_remote_code_is_refused_without_the_flag(remote_code_adapter, tmp_path):
+    from lorafarm.use.load import open_session
+
+    with pytest.raises(AdapterError, match="trained with trust_remote_code.*pass --trust-remote-code"):
+        open_session([str(remote_code_adapter)], tmp_path / "a")
+    session = open_session([str(remote_code_adapter)], tmp_path / "b", trust_remote_code=True)
+    assert [a.label for a in session.adapters] and session.model is not None
+
+
+def test_try_says_so_in_one_line(remote_code_adapter):
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "OMP_NUM_THREADS": "1"}
+    env.pop("RAY_ADDRESS", None)
+    out = subprocess.run([sys.executable, "-m", "lorafarm.cli.main", "try", str(remote_code_adapter),
+                          "--prompt", "Ahoy"], cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "pass --trust-remote-code" in out.stderr and "mallory" not in out.stdout
