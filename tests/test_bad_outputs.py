@@ -23,6 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorafarm.cli.main"]
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors",
                "tokenizer.json", "tokenizer_config.json"}
+EXPORT_FILES = MODEL_FILES | {"chat_template.jinja"}  # the exported tiny-llama carries its chat template
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "lorafarm.json"}
 
 
@@ -180,7 +181,7 @@ def _modes_are_normal(root: Path) -> None:
 @pytest.mark.parametrize("command,expected", [
     (["merge", "{adapter}", "{dest}", "--force", "--scale", "0.5"], MODEL_FILES),
     (["pull", "{adapter}", "{dest}", "--force"], ADAPTER_FILES),
-    (["models", "export", "tiny-llama", "{dest}", "--force"], MODEL_FILES),
+    (["models", "export", "tiny-llama", "{dest}", "--force"], EXPORT_FILES),
 ], ids=["merge", "pull", "export"])
 def test_force_replaces_a_nonempty_directory_whole_with_normal_modes(work, command, expected):
     tmp = work["tmp"]
