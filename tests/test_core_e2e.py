@@ -204,7 +204,8 @@ def test_cli_run_resume_finishes_a_stopped_job_with_the_same_adapter(tmp_path):
     assert "Traceback" not in resumed.stderr
 
 
-def test_cli_run_failing_job_exits_1_with_reason(tmp_path):
+def test_cli_run_refuses_data_it_cannot_train_on_at_the_door(tmp_path):
+    """A chat row with no assistant turn is caught by run's preflight: exit 2, nothing written."""
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"messages": [{"role": "user", "content": "hi"}]}\n')
     proc = subprocess.run(
@@ -212,9 +213,27 @@ def test_cli_run_failing_job_exits_1_with_reason(tmp_path):
          "--set", f"dataset.uri={bad}", "--store", str(tmp_path / "store")],
         capture_output=True, text=True, cwd=ROOT, timeout=600, env=_env(),
     )
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "row 1" in proc.stderr and "assistant" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "store").exists()
+
+
+def test_cli_run_failing_job_exits_1_with_reason(tmp_path):
+    """A job that passes the preflight but fails in its workers (the base's weights file is
+    corrupt; the preflight reads config and tokenizer only) ends FAILED with the reason, exit 1."""
+    from lorafarm.model.tiny import write_dir
+
+    base = write_dir(tmp_path / "base")
+    weights = base / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    proc = subprocess.run(
+        [sys.executable, "-m", "lorafarm.cli.main", "run", str(ROOT / "jobs/quickstart.yaml"), "--json",
+         "--set", f"base_model={base}", "--set", "training.max_steps=2", "--store", str(tmp_path / "store")],
+        capture_output=True, text=True, cwd=ROOT, timeout=600, env=_env(),
+    )
     assert proc.returncode == 1, proc.stderr[-3000:]
     result = json.loads(proc.stdout.strip().splitlines()[-1])
-    assert result["state"] == "FAILED" and "row 1" in result["reason"] and "assistant" in result["reason"]
+    assert result["state"] == "FAILED" and f"the weights in {base} cannot be loaded" in result["reason"]
     assert "Traceback" not in proc.stderr
 
 

@@ -132,9 +132,17 @@ def load_base(model_dir: Path, dtype=None, gradient_checkpointing: bool = False,
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(
-        str(model_dir), dtype=dtype or torch.float32, attn_implementation="sdpa", trust_remote_code=trust_remote_code
-    )
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            str(model_dir), dtype=dtype or torch.float32, attn_implementation="sdpa",
+            trust_remote_code=trust_remote_code,
+        )
+    except Exception as e:  # noqa: BLE001 - narrowed below: an unreadable or corrupt weights file
+        if not isinstance(e, OSError) and type(e).__name__ != "SafetensorError":
+            raise
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ModelError(f"base_model: the weights in {model_dir} cannot be loaded ({type(e).__name__}: {first}) "
+                         "— re-export or re-download the model") from None
     model.requires_grad_(False)
     model.config.use_cache = False
     if gradient_checkpointing:
