@@ -70,6 +70,23 @@ def with_field(spec: dict, dotted: str, value: Any) -> dict:
     return spec
 
 
+def publish_tiny_adapter(tmp: Path, adapter: Path, spec: dict[str, Any]) -> Path:
+    """A real, untrained-but-nonzero PEFT adapter on tiny-llama published at ``adapter`` with a
+    manifest carrying ``spec`` (no Ray, no training), for tests of what reads adapters."""
+    import torch
+    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
+
+    from lorafarm.adapter.save import publish, save_peft
+    from lorafarm.model import load_base, resolve_base
+
+    torch.manual_seed(0)
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
+    model = get_peft_model(load_base(resolve_base("tiny-llama")), config)
+    local = save_peft(tmp / "local", get_peft_model_state_dict(model), config, "tiny-llama")
+    publish(local, str(adapter), {"base_model": "tiny-llama", "job_id": adapter.parent.name, "spec": spec})
+    return adapter
+
+
 def write_small_chat_dataset(path: Path, rows: int = 48) -> Path:
     """The first ``rows`` conversations of jobs/data/pirate_chat.jsonl: enough for a few steps."""
     lines = (ROOT / "jobs/data/pirate_chat.jsonl").read_text().splitlines()[:rows]

@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import publish_tiny_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorafarm.cli.main"]
@@ -62,20 +63,9 @@ def siblings(path: Path) -> set[str]:
 @pytest.fixture(scope="module")
 def work(tmp_path_factory) -> dict[str, Path]:
     """A published tiny adapter, a binary file, a prompts file, a trace and a tenants file."""
-    import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-
-    from lorafarm.adapter.save import publish, save_peft
-    from lorafarm.model import load_base, resolve_base
-
     tmp = tmp_path_factory.mktemp("bad-outputs")
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(load_base(resolve_base("tiny-llama")), config)
-    local = save_peft(tmp / "local", get_peft_model_state_dict(model), config, "tiny-llama")
-    adapter = tmp / "store" / "demo" / "job-1" / "adapter"
-    publish(local, str(adapter), {"base_model": "tiny-llama", "job_id": "job-1",
-                                  "spec": {"dataset": {"format": "text"}, "training": {"seq_len": 64}}})
+    adapter = publish_tiny_adapter(tmp, tmp / "store" / "demo" / "job-1" / "adapter",
+                                   {"dataset": {"format": "text"}, "training": {"seq_len": 64}})
     (tmp / "binary.bin").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe" * 64)
     (tmp / "prompts.txt").write_text("Ahoy\n")
     (tmp / "tenants.yaml").write_text("tenants: {default: {weight: 1}}\n")

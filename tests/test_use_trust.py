@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import ROOT
+from helpers import ROOT, publish_tiny_adapter
 
 from lorafarm.errors import AdapterError
 
@@ -16,21 +16,9 @@ from lorafarm.errors import AdapterError
 @pytest.fixture(scope="module")
 def remote_code_adapter(tmp_path_factory):
     """A real PEFT adapter on tiny-llama whose manifest claims its job trusted remote code."""
-    import torch
-    from peft import LoraConfig, get_peft_model, get_peft_model_state_dict
-
-    from lorafarm.adapter.save import publish, save_peft
-    from lorafarm.model import load_base, resolve_base
-
     tmp = tmp_path_factory.mktemp("trust")
-    torch.manual_seed(0)
-    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"], init_lora_weights=False)
-    model = get_peft_model(load_base(resolve_base("tiny-llama")), config)
-    local = save_peft(tmp / "local", get_peft_model_state_dict(model), config, "tiny-llama")
-    adapter = tmp / "store" / "mallory" / "job-1" / "adapter"
-    publish(local, str(adapter), {"base_model": "tiny-llama", "job_id": "job-1", "spec": {
-        "trust_remote_code": True, "dataset": {"format": "text"}, "training": {"seq_len": 64}}})
-    return adapter
+    return publish_tiny_adapter(tmp, tmp / "store" / "mallory" / "job-1" / "adapter", {
+        "trust_remote_code": True, "dataset": {"format": "text"}, "training": {"seq_len": 64}})
 
 
 def test_a_manifest_asking_for_remote_code_is_refused_without_the_flag(remote_code_adapter, tmp_path):
