@@ -22,9 +22,10 @@ from helpers import publish_tiny_adapter
 
 ROOT = Path(__file__).resolve().parents[1]
 CLI = [sys.executable, "-m", "lorafarm.cli.main"]
+# the tiny-llama's tokenizer carries its chat template, so a merged model and an export both hold it
 MODEL_FILES = {"config.json", "generation_config.json", "model.safetensors",
-               "tokenizer.json", "tokenizer_config.json"}
-EXPORT_FILES = MODEL_FILES | {"chat_template.jinja"}  # the exported tiny-llama carries its chat template
+               "tokenizer.json", "tokenizer_config.json", "chat_template.jinja"}
+EXPORT_FILES = MODEL_FILES
 ADAPTER_FILES = {"adapter_config.json", "adapter_model.safetensors", "lorafarm.json"}
 
 

@@ -33,7 +33,7 @@ def _marker_dir(path: Path) -> bool:
 def resolve_base(base_model: str) -> Path:
     """A local directory holding the base's config, weights and tokenizer."""
     if base_model == tiny.TINY_NAME:
-        out = cache_root() / "models" / f"{tiny.TINY_NAME}-seed{tiny.TINY_SEED}"
+        out = cache_root() / "models" / f"{tiny.TINY_NAME}-seed{tiny.TINY_SEED}-b{tiny.TINY_BUILD}"
         if not _marker_dir(out):
             _materialise(out, tiny.write_dir)
         return out

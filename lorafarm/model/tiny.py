@@ -7,6 +7,7 @@ from pathlib import Path
 
 TINY_NAME = "tiny-llama"
 TINY_SEED = 1234
+TINY_BUILD = 2  # bump when write_dir writes different files, so stale caches are rebuilt (2: chat_template.jinja)
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0..3; bytes follow at 4..259
 TINY_CONFIG = dict(
     vocab_size=320,  # 260 used, padded to a multiple of 64
