@@ -8,7 +8,7 @@ export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}"   # a stray ~/.ray/auth_token 
 export LORAFARM_CACHE="${LORAFARM_CACHE:-$PWD/.cache/lorafarm}"
 .venv/bin/ruff check lorafarm tests bench jobs
 set +e
-.venv/bin/python -m pytest -q "$@"
+.venv/bin/python -m pytest -q --durations=40 "$@"
 rc=$?
 set -e
 if [ "$rc" -eq 5 ]; then echo "no tests collected"; exit 1; fi
