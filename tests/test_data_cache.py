@@ -33,8 +33,8 @@ def test_second_prepare_is_a_cache_hit_with_identical_rows(tmp_path, tiny_tokeni
     def no_reading(*_a, **_k):
         raise AssertionError("a cache hit must not read or tokenize the data")
 
-    monkeypatch.setattr(pipeline, "read_examples", no_reading)
-    monkeypatch.setattr(pipeline, "_encode_local", no_reading)
+    monkeypatch.setattr(pipeline.stream, "plan_units", no_reading)
+    monkeypatch.setattr(pipeline.stream, "encode_unit", no_reading)
     second = prepare(cache_spec(data), tiny_tokenizer_dir, store, parallel=False)
     assert second.cache_hit and second.stats == first.stats and second.fingerprint == first.fingerprint
     assert (second.train_uri, second.eval_uri) == (first.train_uri, first.eval_uri)
@@ -99,6 +99,7 @@ def test_ray_data_tokenization_matches_local_and_is_cached(tmp_path, tiny_tokeni
     import lorafarm.data.pipeline as pipeline
 
     data = cache_data(tmp_path / "d.jsonl", n=150)
+    monkeypatch.setattr(pipeline.stream, "UNIT_BYTES", 1024)  # several units (tasks) for 150 small rows
     spec = cache_spec(data, **{"training.packing": True})
     local = prepare(spec, tiny_tokenizer_dir, Store.open(str(tmp_path / "s1")), parallel=False)
     store = Store.open(str(tmp_path / "s2"))
@@ -106,8 +107,8 @@ def test_ray_data_tokenization_matches_local_and_is_cached(tmp_path, tiny_tokeni
     def not_local(*_a, **_k):
         raise AssertionError("with Ray up, tokenization must run as Ray Data tasks")
 
-    monkeypatch.setattr(pipeline, "_encode_local", not_local)
-    monkeypatch.setattr(pipeline, "LOCAL_BELOW_EXAMPLES", 100)  # 150 examples count as large here
+    monkeypatch.setattr(pipeline.stream, "run_local", not_local)
+    monkeypatch.setattr(pipeline, "LOCAL_BELOW_BYTES", 0)  # the data counts as large here
     ray_prepared = prepare(spec, tiny_tokenizer_dir, store, parallel=True)
     assert not ray_prepared.cache_hit and ray_prepared.stats == local.stats
     assert load_rows(ray_prepared.train_uri).to_pylist() == load_rows(local.train_uri).to_pylist()

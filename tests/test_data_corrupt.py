@@ -171,11 +171,17 @@ def test_prepare_fails_fast_on_a_corrupt_row_group(tmp_path, tiny_tokenizer_dir)
 def test_corrupt_cached_rows_are_a_data_error(tmp_path, tiny_tokenizer_dir):
     data = cache_data(tmp_path / "d.jsonl")
     prepared = prepare(cache_spec(data), tiny_tokenizer_dir, Store.open(str(tmp_path / "store")), parallel=False)
-    cached = Path(prepared.train_uri)
+    entry = Path(prepared.train_uri).parent
+    (cached,) = Path(prepared.train_uri).glob("part-*.parquet")
     cached.write_bytes(cached.read_bytes()[:-20])
     msg = fails_fast(lambda: load_rows(prepared.train_uri))
-    assert msg.startswith(f"{prepared.train_uri}: the cached tokenized rows are corrupt ("), msg
-    assert f"delete {cached.parent}" in msg
+    assert msg.startswith(f"{cached}: the cached tokenized rows are corrupt ("), msg
+    assert f"delete {entry} (the cache entry)" in msg
+    index = Path(prepared.train_uri) / "index.json"
+    index.write_text(index.read_text()[:-5])
+    msg = fails_fast(lambda: load_rows(prepared.train_uri))
+    assert msg.startswith(f"{index}: the cached tokenized rows are corrupt ("), msg
+    assert f"delete {entry} (the cache entry)" in msg
 
 
 @pytest.mark.parametrize("suffix", ["jsonl", "parquet"])

@@ -368,8 +368,9 @@ def _row_bytes(row: dict[str, Any], spec: DatasetSpec) -> int:
     return total
 
 
-def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
-    """Rows of a Parquet file, read row group by row group so a corrupt one is named.
+def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec, groups_from: int = 0, groups_to: int | None = None):
+    """Rows of a Parquet file (row groups ``groups_from`` up to ``groups_to``), read row group by
+    row group so a corrupt one is named; row numbers count from the file's first row.
 
     Corruption (a missing footer, a row group that does not decode or fails its page checksum)
     and a column type no row can satisfy are errors also under ``on_bad_rows: skip``: that
@@ -392,9 +393,9 @@ def _parquet_rows(f: str, fs, path: str, spec: DatasetSpec):
                             "upload or copy?) or not Parquet: re-write or re-upload it") from None
         if sum(groups):
             _check_schema(name, pf.schema_arrow, spec)
-        start = 0
+        start = sum(groups[:groups_from])
         for g, n in enumerate(groups):
-            if not n:
+            if not n or g < groups_from or (groups_to is not None and g >= groups_to):
                 continue
             columns = [c for c, _, _ in _required_columns(spec)]
             try:
@@ -516,26 +517,134 @@ def _messages(row, column):
     return {"messages": out}, None
 
 
+def checked_examples(f: str, rows, spec: DatasetSpec, report: BadRowReport):
+    """(row number, key, example with ``source_row``) of the usable ``rows`` of file ``f``; a bad
+    row raises (``on_bad_rows: error``) or is counted in ``report`` (``skip``)."""
+    name = _display(f)
+    for item in rows:
+        n, raw = item[0], item[-1]
+        if isinstance(raw, _TooLarge):
+            if spec.on_bad_rows == "error":
+                raise DataError(f"{name}: {raw.unit} {n} is {raw.size:,} bytes, over dataset.max_row_bytes = "
+                                f"{raw.limit:,} — split the example or raise the limit (or set "
+                                "dataset.on_bad_rows: skip)")
+            report.add(f"{name} row {n}", raw.problem())
+            continue
+        example, problem = check_row(raw, spec)
+        if problem:
+            if spec.on_bad_rows == "error":
+                raise DataError(f"{name} row {n}: {problem} (or set dataset.on_bad_rows: skip)")
+            report.add(f"{name} row {n}", problem)
+            continue
+        example["source_row"] = f"{name}:{n}"
+        yield n, (item[1] if len(item) == 3 else n), example
+
+
 def read_examples(uri: str, spec: DatasetSpec) -> tuple[pa.Table, BadRowReport]:
-    """Every usable example of ``uri`` as a table of normalised columns plus ``source_row``."""
+    """Every usable example of ``uri`` as a table of normalised columns plus ``source_row``
+    (the whole dataset in memory: for checks and evaluation; training streams with
+    :mod:`lorafarm.data.stream`)."""
     report = BadRowReport()
     rows: list[dict[str, Any]] = []
     for f in list_files(uri):
-        name = _display(f)
-        for n, raw in _iter_rows(f, spec):
-            if isinstance(raw, _TooLarge):
-                if spec.on_bad_rows == "error":
-                    raise DataError(f"{name}: {raw.unit} {n} is {raw.size:,} bytes, over dataset.max_row_bytes = "
-                                    f"{raw.limit:,} — split the example or raise the limit (or set "
-                                    "dataset.on_bad_rows: skip)")
-                report.add(f"{name} row {n}", raw.problem())
-                continue
-            example, problem = check_row(raw, spec)
-            if problem:
-                if spec.on_bad_rows == "error":
-                    raise DataError(f"{name} row {n}: {problem} (or set dataset.on_bad_rows: skip)")
-                report.add(f"{name} row {n}", problem)
-                continue
-            example["source_row"] = f"{name}:{n}"
-            rows.append(example)
+        rows.extend(example for _, _, example in checked_examples(f, _iter_rows(f, spec), spec, report))
     return pa.Table.from_pylist(rows) if rows else pa.table({"source_row": pa.array([], pa.string())}), report
+
+
+def file_size(f: str) -> int:
+    """Bytes of data file ``f`` (retried on an object store)."""
+    fs, path = filesystem(f)
+    try:
+        return int(_io(f, "looking up", lambda: fs.info(path))["size"] or 0)
+    except OSError as e:
+        raise _unreadable(f, e) from None
+
+
+def parquet_groups(f: str) -> list[int] | None:
+    """Rows per row group of Parquet file ``f`` from its footer, or None when the footer does not
+    read (the unit that reads the file then names the problem)."""
+    fs, path = filesystem(f)
+    try:
+        with _io(f, "opening", lambda: fs.open(path, "rb")) as fh:
+            md = _io(f, "reading the footer of", lambda: pq.ParquetFile(fh).metadata)
+            return [md.row_group(g).num_rows for g in range(md.num_row_groups)]
+    except StorageError:
+        raise
+    except Exception:  # noqa: BLE001 - named by the unit that reads it
+        return None
+
+
+def range_rows(f: str, spec: DatasetSpec, start: int, end: int, line_ref: Callable[[int], str]):
+    """(line reference, byte offset, row) of the JSONL lines of ``f`` that *start* in bytes
+    ``[start, end)``: a Ray Data task reads its own range of a big file. Lines are counted from
+    the range's first line (``line_ref`` turns that count into a reference the driver resolves
+    into the file's line number); the offset is the line's first byte, a row key that does not
+    depend on how the file is split. The last element yielded is ``("lines", count)``."""
+    fs, path = filesystem(f)
+    _check_regular(f, fs, path)
+    try:
+        fh = _io(f, "opening", lambda: fs.open(path, "rb"))
+    except OSError as e:
+        raise _unreadable(f, e) from None
+    with fh:
+        def read(n: int) -> bytes:
+            try:
+                return _io(f, "reading", lambda: fh.read(n))
+            except OSError as e:
+                raise _unreadable(f, e) from None
+
+        pos = start
+        if start:
+            _io(f, "seeking in", lambda: fh.seek(start - 1))
+            base = start - 1  # the file offset of the next byte read
+            while True:  # the line that started before ``start`` belongs to the previous range
+                more = read(CHUNK_BYTES)
+                if not more:
+                    yield "lines", 0
+                    return
+                i = more.find(b"\n")
+                if i >= 0:
+                    first, pos = more[i + 1:], base + i + 1
+                    break
+                base += len(more)
+        else:
+            first = read(CHUNK_BYTES)
+            if first.startswith(codecs.BOM_UTF8):
+                first, pos = first[len(codecs.BOM_UTF8):], len(codecs.BOM_UTF8)
+        count = 0
+        if pos >= end:
+            yield "lines", 0
+            return
+        for n, line in _lines(first, read, spec.max_row_bytes):
+            count = n
+            offset = pos
+            pos += (line.size if isinstance(line, _TooLarge) else len(line)) + 1
+            if isinstance(line, _TooLarge):
+                yield line_ref(n), offset, line
+            elif line.strip():
+                ref = line_ref(n)
+                text = _decode_line(f, line, ref)
+                try:
+                    yield ref, offset, json.loads(text)
+                except json.JSONDecodeError as e:
+                    yield ref, offset, _Invalid(f"invalid JSON ({e.msg})")
+            if pos >= end:
+                break
+        yield "lines", count
+
+
+def unit_rows(f: str, spec: DatasetSpec, kind: str, start: int, end: int, line_ref: Callable[[int], str]):
+    """The rows of one unit of work: a byte range of a JSONL file (:func:`range_rows`), row groups
+    ``[start, end)`` of a Parquet file, or a whole JSON file; as (reference, key, row), then
+    ``("lines", count)`` for JSONL ranges."""
+    if kind == "lines":
+        yield from range_rows(f, spec, start, end, line_ref)
+        return
+    if kind == "groups":
+        fs, path = filesystem(f)
+        _check_regular(f, fs, path)
+        rows = _parquet_rows(f, fs, path, spec, start, end)
+    else:
+        rows = _iter_rows(f, spec)
+    for n, row in rows:
+        yield n, n, row
