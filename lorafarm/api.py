@@ -174,10 +174,65 @@ def submit(spec: JobSpec, on_notice: Callable[[str], None] | None = None) -> dic
     return {**summary, "notices": report["notices"]} if isinstance(summary, dict) else summary
 
 
-def start_scheduler(store_uri: str, tenants_text: str | None, metrics_port: int | None,
-                    hang_timeout_s: float, reserve_cpus: float) -> bool:
-    """Start the cluster's scheduler; False when one is already running."""
+def configure_access(key_file: str | None = None, api_url: str | None = None) -> None:
+    """The caller's API key (``--key-file``; else ``$LORAFARM_API_KEY``) and the REST API to use
+    (``--api``; else ``$LORAFARM_API``; none: Ray) for every scheduler call after this."""
+    if key_file is not None:
+        from .auth import set_client_key
+
+        set_client_key(key_file)
+    if api_url:
+        from .scheduler.client import set_api
+
+        set_api(api_url)
+
+
+def served_cluster() -> bool:
+    """Whether scheduler calls have a scheduler to go to: ``--api`` given, or one on ``RAY_ADDRESS``'s cluster
+    (without ``RAY_ADDRESS`` a run starts a local cluster of its own)."""
+    import os
+
     from .scheduler import client
 
-    _, created = client.serve(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
+    if client.api_url():
+        return True
+    if not os.environ.get("RAY_ADDRESS"):
+        return False
+    try:
+        client.scheduler()
+    except LorafarmError:
+        return False
+    return True
+
+
+def check_direct() -> None:
+    """``run --direct`` on a served cluster: only with the admin key when the tenants file lists keys."""
+    from .auth import Forbidden
+
+    who = scheduler_call("whoami")
+    if who["keys"] and not who["admin"]:
+        raise Forbidden("--direct: runs outside the scheduler's quota and checks, so it needs the admin key "
+                        "(admin_keys in the tenants file) — drop --direct to run through the scheduler")
+
+
+def download_adapter(job_id: str, dest: str | Path, force: bool = False) -> dict[str, Any] | None:
+    """With ``--api``: job ``job_id``'s adapter downloaded through the REST API into ``dest``, every
+    file sha256-checked (returns its manifest, with ``adapter_uri``). None without ``--api``."""
+    from .scheduler import client
+
+    if not client.api_url():
+        return None
+    from .auth import client_key
+    from .rest.client import RestClient
+
+    return RestClient(client.api_url(), client_key()).download_adapter(job_id, dest, force)
+
+
+def start_scheduler(store_uri: str, tenants_text: str | None, metrics_port: int | None,
+                    hang_timeout_s: float, reserve_cpus: float, api_port: int | None = None) -> bool:
+    """Start the cluster's scheduler (with the tenant REST API on ``api_port``); False when one
+    is already running."""
+    from .scheduler import client
+
+    _, created = client.serve(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus, api_port)
     return created

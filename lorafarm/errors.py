@@ -62,5 +62,9 @@ class JobFailed(LorafarmError):
         return (type(self), (self.reason,))
 
 
+class JobNotFound(LorafarmError):
+    """No such job — or another tenant's, which a tenant's key cannot tell apart (HTTP 404)."""
+
+
 class SchedulerUnavailable(LorafarmError):
     """The cluster's scheduler is not running (not started yet, or restarting): a follower may wait for it."""

@@ -61,10 +61,11 @@ def tiny_tokenizer_dir(tmp_path_factory) -> str:
 def serve_cluster() -> Iterator[Callable[[str, int], RayHead]]:
     """Start a real Ray head with `lorafarm serve` on it: ``serve_cluster(tenants_yaml, num_cpus)``
     returns its ``RayHead`` with ``.store`` and ``.tmp`` (holding tenants.yaml and small.jsonl,
-    48 chat rows). Every head started is stopped when the module ends."""
+    48 chat rows); more arguments go to `lorafarm serve` (e.g. ``"--api-port", "N"``). Every
+    head started is stopped when the module ends."""
     heads: list[RayHead] = []
 
-    def start(tenants: str, num_cpus: int) -> RayHead:
+    def start(tenants: str, num_cpus: int, *serve_args: str) -> RayHead:
         tmp = Path(tempfile.mkdtemp(prefix="lfc", dir="/tmp"))  # short: Ray's socket paths have a length limit
         head = RayHead(tmp, num_cpus=num_cpus)
         heads.append(head)
@@ -72,7 +73,7 @@ def serve_cluster() -> Iterator[Callable[[str, int], RayHead]]:
         (tmp / "tenants.yaml").write_text(tenants)
         write_small_chat_dataset(tmp / "small.jsonl")
         head.lorafarm("serve", "--store", head.store, "--tenants", str(tmp / "tenants.yaml"), "--reserve-cpus", "1",
-                      check=True, timeout=180)
+                      *serve_args, check=True, timeout=180)
         return head
 
     yield start

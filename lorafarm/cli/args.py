@@ -19,6 +19,22 @@ def add_spec_args(p: argparse.ArgumentParser) -> None:
 
 
 
+def add_access_args(p: argparse.ArgumentParser, api: bool = True) -> None:
+    """How a command reaches the scheduler as a tenant: its API key, and optionally the REST API."""
+    p.add_argument("--key-file", metavar="FILE",
+                   help="file holding your API key (default $LORAFARM_API_KEY); needed when the tenants file lists keys")
+    if api:
+        p.add_argument("--api", metavar="URL", help="the scheduler's REST API (`lorafarm serve --api-port`), "
+                                                    "instead of Ray (default $LORAFARM_API)")
+
+
+def configure_access(args: argparse.Namespace) -> None:
+    """Apply ``--key-file``/``--api`` before a command calls the scheduler."""
+    from .. import api
+
+    api.configure_access(getattr(args, "key_file", None), getattr(args, "api", None))
+
+
 def notice_printer(console: Console) -> Callable[[str], None]:
     """Print a preflight notice (an interval capped to the run's length) as one stderr line."""
 

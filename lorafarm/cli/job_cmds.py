@@ -10,7 +10,7 @@ from pathlib import Path
 from rich.console import Console
 
 from .. import api
-from .args import STORE_HELP, add_spec_args, notice_printer
+from .args import STORE_HELP, add_access_args, add_spec_args, notice_printer
 from .output import EXIT_FAILED, EXIT_OK, Parser, emit_json
 
 
@@ -21,6 +21,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", metavar="JOB_ID", help="continue that job from its latest checkpoint (the same spec; "
                    "resources, zero.stage and micro_batch_size may change)")
     p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line")
+    p.add_argument("--direct", action="store_true",
+                   help="on a cluster where `lorafarm serve` runs: run here, outside the scheduler (operators; "
+                        "needs the admin key when the tenants file lists keys). Without it such a run is submitted "
+                        "to the scheduler and followed, so quota, trust and keys apply")
+    add_access_args(p)
     p.set_defaults(handler=run)
 
     p = sub.add_parser("validate", help="check a spec and its data/model without training (exit 0 or 2)")
@@ -37,6 +42,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tenant")
     p.add_argument("--force", action="store_true", help="replace DEST if it is a non-empty directory")
     p.add_argument("--json", action="store_true")
+    add_access_args(p)
     p.set_defaults(handler=pull)
 
     p = sub.add_parser("merge", help="write the base model with the adapter merged in (HF directory)")
@@ -66,6 +72,10 @@ def run(args: argparse.Namespace, console: Console) -> int:
     spec = absolutize_local_paths(load_spec(args.spec, args.overrides), args.spec)
     # the preflight first: a spec that cannot run starts no Ray and writes nothing
     spec, _ = api.prepare(spec, on_notice=notice_printer(console))
+    if api.served_cluster():
+        if not args.direct:
+            return _run_through_scheduler(args, spec, console)
+        api.check_direct()
     store = Store.open(args.store)
     job_id = args.resume or new_job_id(spec.name)
     if args.resume:
@@ -98,6 +108,24 @@ def run(args: argparse.Namespace, console: Console) -> int:
     return EXIT_OK
 
 
+def _run_through_scheduler(args: argparse.Namespace, spec, console: Console) -> int:
+    """``run`` on a served cluster: queue the spec with the scheduler and follow it, like ``submit --wait``."""
+    from ..errors import SpecError
+    from .service_cmds import wait_for
+
+    if args.resume:
+        raise SpecError(["--resume: this cluster runs a lorafarm scheduler, which resumes its own jobs — `lorafarm "
+                         "submit` the spec (or, as an operator with the admin key, add --direct)"])
+    summary = api.scheduler_call("submit", spec.model_dump(mode="json"))
+    job_id = summary["job_id"]
+    console.print(f"this cluster runs a lorafarm scheduler: submitted {job_id} to it (quota, trust and keys apply; "
+                  "operators with the admin key may add --direct)", highlight=False, soft_wrap=True)
+    if args.store:
+        console.print(f"[yellow]warning:[/] --store {args.store} ignored: the scheduler writes to its own store",
+                      highlight=False, soft_wrap=True)
+    return wait_for(job_id, console, args.json, cancel_on_signal=True)
+
+
 def validate(args: argparse.Namespace, console: Console) -> int:
     from ..spec import load_spec
 
@@ -123,8 +151,13 @@ def schema(args: argparse.Namespace, console: Console) -> int:
 
 
 def pull(args: argparse.Namespace, console: Console) -> int:
-    uri = api.adapter_source(args.source, args.store, args.tenant)
-    manifest = api.pull(uri, args.dest, force=args.force)
+    is_job_id = not ("://" in args.source or "/" in args.source or Path(args.source).exists())
+    manifest = api.download_adapter(args.source, args.dest, args.force) if is_job_id else None
+    if manifest is not None:  # --api: through the REST API, no store access needed
+        uri = manifest["adapter_uri"]
+    else:
+        uri = api.adapter_source(args.source, args.store, args.tenant)
+        manifest = api.pull(uri, args.dest, force=args.force)
     if args.json:
         emit_json({"adapter_uri": uri, "dest": str(Path(args.dest).resolve()), "files": manifest["files"]})
     else:

@@ -16,6 +16,7 @@ import sys
 from rich.console import Console
 
 from . import job_cmds, ops_cmds, service_cmds, sim_cmds, use_cmds
+from .args import configure_access
 from .output import Parser, quiet_ray, run_command
 
 COMMAND_MODULES = (job_cmds, service_cmds, use_cmds, sim_cmds, ops_cmds)  # in `lorafarm --help` order
@@ -39,7 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     quiet_ray(getattr(args, "verbose", False))  # before any command imports Ray
-    return run_command(args.handler, args, Console(stderr=True))
+
+    def handler(a: argparse.Namespace, console: Console) -> int:
+        configure_access(a)  # --key-file / --api (a bad key file is a usage error, exit 2)
+        return a.handler(a, console)
+
+    return run_command(handler, args, Console(stderr=True))
 
 
 if __name__ == "__main__":

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Column, Table
 
 from .. import api
 from ..errors import SchedulerUnavailable, SpecError
-from .args import STORE_HELP, add_spec_args, notice_printer
+from .args import STORE_HELP, add_access_args, add_spec_args, notice_printer
 from .output import EXIT_CANCELLED, EXIT_FAILED, EXIT_OK, emit_json, number, warn
 
 JOB_STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")  # what `list --state` takes
@@ -37,6 +38,10 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="fail a job with no progress for this long, in s (default: the last serve's, else 1800)")
     p.add_argument("--reserve-cpus", type=number(0), default=None,
                    help="logical CPUs kept free for data tasks (default: the last serve's, else 0)")
+    p.add_argument("--api-port", type=number(1, integer=True, maximum=65535), default=None,
+                   help="serve the tenant REST API on this port (same API keys; OpenAPI at /openapi.json; "
+                        "default: the last serve's, else none)")
+    add_access_args(p, api=False)
     p.add_argument("--reload-tenants", action="store_true",
                    help="when a scheduler already runs: validate --tenants and swap it in (a bad file is refused "
                         "and the old one kept)")
@@ -45,6 +50,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("submit", help="queue a job with the scheduler")
     add_spec_args(p)
+    add_access_args(p)
     p.add_argument("--wait", action="store_true", help="follow the job; exit 0/1/3 on succeeded/failed/cancelled")
     p.add_argument("--json", action="store_true")
     p.set_defaults(handler=submit)
@@ -54,6 +60,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=help_text)
         p.add_argument("job")
         p.add_argument("--json", action="store_true")
+        add_access_args(p)
         if name == "status":
             p.add_argument("--watch", action="store_true", help="follow with a live progress bar")
         p.set_defaults(handler=handler)
@@ -61,16 +68,19 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("logs", help="a job's log")
     p.add_argument("job")
     p.add_argument("--follow", "-f", action="store_true")
+    add_access_args(p)
     p.set_defaults(handler=logs)
 
     p = sub.add_parser("list", help="jobs, optionally by tenant and state")
     p.add_argument("--tenant")
     p.add_argument("--state", help="QUEUED, RUNNING, SUCCEEDED, FAILED or CANCELLED")
     p.add_argument("--json", action="store_true")
+    add_access_args(p)
     p.set_defaults(handler=list_jobs)
 
     p = sub.add_parser("tenants", help="quota, usage, queued and running per tenant")
     p.add_argument("--json", action="store_true")
+    add_access_args(p)
     p.set_defaults(handler=tenants)
 
 
@@ -102,7 +112,8 @@ def serve(args: argparse.Namespace, console: Console) -> int:
     if args.reload_tenants and tenants_text is None:
         raise SpecError(["--reload-tenants: give the new file with --tenants FILE"])
     store = Store.open(args.store)
-    created = api.start_scheduler(store.root, tenants_text, args.metrics_port, args.hang_timeout, args.reserve_cpus)
+    created = api.start_scheduler(store.root, tenants_text, args.metrics_port, args.hang_timeout, args.reserve_cpus,
+                                  args.api_port)
     info = api.scheduler_call("ping")  # what it REALLY runs with (a running one may serve another store)
     reloaded = False
     out = console if args.json else Console(highlight=False)  # human lines to stdout; --json keeps stdout for JSON
@@ -119,12 +130,20 @@ def serve(args: argparse.Namespace, console: Console) -> int:
         config = info.get("config") or {}
         for flag, key, value in (("--metrics-port", "metrics_port", args.metrics_port),
                                  ("--hang-timeout", "hang_timeout_s", args.hang_timeout),
-                                 ("--reserve-cpus", "reserve_cpus", args.reserve_cpus)):
+                                 ("--reserve-cpus", "reserve_cpus", args.reserve_cpus),
+                                 ("--api-port", "api_port", args.api_port)):
             if value is not None and key in config and value != config[key]:
                 warn(console, f"{flag} {value:g} ignored: the running scheduler has {config[key]} (it applies when "
                               "a scheduler starts)")
+    if not info.get("keys"):
+        warn(console, escape("the tenants file lists no API keys: tenants are unauthenticated — any caller may "
+                             "submit as, and see the jobs of, any tenant (fine for one team; add `keys: [sha256:…]` "
+                             "per tenant and `admin_keys`, see lorafarm/tenants.py)"))
     verb = "started" if created else ("running; tenants file reloaded" if reloaded else "already running")
     out.print(f"lorafarm scheduler {verb} (store {info['store']})", highlight=False, soft_wrap=True)
+    if (info.get("config") or {}).get("api_port"):
+        out.print(f"tenant REST API on port {info['config']['api_port']} (OpenAPI schema at /openapi.json)",
+                  highlight=False)
     if args.json:
         emit_json({"created": created, "store": info["store"], "reloaded": reloaded,
                    "config": info.get("config"), "jobs": info.get("jobs"), "running": info.get("running")})

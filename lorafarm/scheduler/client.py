@@ -64,6 +64,20 @@ def refused_token(address: str) -> bool:
     return False
 
 
+API_ENV = "LORAFARM_API"
+_api_flag: str | None = None
+
+
+def set_api(url: str | None) -> None:
+    """``--api URL``: talk to the scheduler's REST API (``lorafarm serve --api-port``), not Ray."""
+    global _api_flag
+    _api_flag = url.rstrip("/") if url else None
+
+
+def api_url() -> str | None:
+    return _api_flag or (os.environ.get(API_ENV) or "").strip().rstrip("/") or None
+
+
 def scheduler():
     import ray
 
@@ -74,14 +88,27 @@ def scheduler():
         raise SchedulerUnavailable(NO_SCHEDULER) from None
 
 
+REST_METHODS = frozenset({"submit", "status", "list", "events", "logs", "cancel", "tenants"})
+KEYED = frozenset({"submit", "status", "list", "events", "logs", "cancel", "tenants", "whoami", "reload_tenants"})
+
+
 def call(method: str, *args: Any, timeout: float = 60.0) -> Any:
     """Call a scheduler method and unwrap lorafarm errors raised inside the actor.
-    :class:`SchedulerUnavailable` when there is none, or it died during the call."""
+    :class:`SchedulerUnavailable` when there is none, or it died during the call. The caller's
+    API key (``--key-file`` or ``LORAFARM_API_KEY``) goes with every call that acts for a
+    tenant; with ``--api``/``LORAFARM_API`` the call goes to the REST API instead of Ray."""
+    from ..auth import client_key
+
+    if (base := api_url()) is not None and method in REST_METHODS:
+        from ..rest.client import RestClient
+
+        return RestClient(base, client_key()).call(method, *args, timeout=timeout)
     import ray
 
     handle = scheduler()
+    kwargs = {"key": client_key()} if method in KEYED else {}
     try:
-        return ray.get(getattr(handle, method).remote(*args), timeout=timeout)
+        return ray.get(getattr(handle, method).remote(*args, **kwargs), timeout=timeout)
     except ray.exceptions.RayTaskError as e:
         cause = e.cause if hasattr(e, "cause") else None
         if isinstance(cause, LorafarmError):
@@ -95,7 +122,8 @@ def call(method: str, *args: Any, timeout: float = 60.0) -> Any:
 
 
 def serve(store_uri: str, tenants_text: str | None, metrics_port: int | None,
-          hang_timeout_s: float | None = None, reserve_cpus: float | None = None) -> tuple[Any, bool]:
+          hang_timeout_s: float | None = None, reserve_cpus: float | None = None,
+          api_port: int | None = None) -> tuple[Any, bool]:
     """Start the detached scheduler, or find the live one. Returns (handle, created). Values
     left None come from the configuration the store keeps (``<store>/_service/config.json``),
     else the defaults. A scheduler that fails to start is removed and its reason raised."""
@@ -113,13 +141,15 @@ def serve(store_uri: str, tenants_text: str | None, metrics_port: int | None,
 
     if metrics_port is not None:  # the scheduler runs on this node: check before it starts
         check_port_free(metrics_port, "this node")
+    if api_port is not None:
+        check_port_free(api_port, "this node", "--api-port")
     # Pin it to the node that runs `serve` (the head): the metrics Service selects that pod, and
     # an autoscaler scaling workers down must never take the scheduler with it.
     here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
     handle = Scheduler.options(
         name=SCHEDULER_NAME, namespace=NAMESPACE, lifetime="detached", get_if_exists=True,
         scheduling_strategy=here,
-    ).remote(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
+    ).remote(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus, api_port)
     try:
         pong = ray.get(handle.ping.remote(), timeout=120)
     except ray.exceptions.RayActorError as e:

@@ -26,6 +26,7 @@ class ServiceConfig:
     metrics_port: int | None = None
     hang_timeout_s: float = DEFAULT_HANG_TIMEOUT_S
     reserve_cpus: float = DEFAULT_RESERVE_CPUS
+    api_port: int | None = None  # the tenant REST API (lorafarm.rest), served by the scheduler
 
     def problems(self) -> list[str]:
         """Values that would make every job fail (the CLI checks its flags; this guards the actor)."""
@@ -39,6 +40,10 @@ class ServiceConfig:
         if self.metrics_port is not None and not (isinstance(self.metrics_port, int)
                                                   and 1 <= self.metrics_port <= 65535):
             out.append(f"--metrics-port: {self.metrics_port!r} must be a port number in 1-65535")
+        if self.api_port is not None and not (isinstance(self.api_port, int) and 1 <= self.api_port <= 65535):
+            out.append(f"--api-port: {self.api_port!r} must be a port number in 1-65535")
+        if self.api_port is not None and self.api_port == self.metrics_port:
+            out.append(f"--api-port: {self.api_port} is also --metrics-port — give them different ports")
         return out
 
     def public(self) -> dict[str, Any]:
@@ -60,7 +65,8 @@ def load(store: Store) -> ServiceConfig | None:
         return None
     except (ValueError, OSError):
         return None
-    known = {k: raw[k] for k in ("tenants_text", "metrics_port", "hang_timeout_s", "reserve_cpus") if k in raw}
+    known = {k: raw[k] for k in ("tenants_text", "metrics_port", "hang_timeout_s", "reserve_cpus", "api_port")
+             if k in raw}
     try:
         cfg = ServiceConfig(**known)
     except TypeError:
@@ -69,10 +75,12 @@ def load(store: Store) -> ServiceConfig | None:
 
 
 def merge(saved: ServiceConfig | None, tenants_text: str | None = None, metrics_port: int | None = None,
-          hang_timeout_s: float | None = None, reserve_cpus: float | None = None) -> ServiceConfig:
+          hang_timeout_s: float | None = None, reserve_cpus: float | None = None,
+          api_port: int | None = None) -> ServiceConfig:
     """What was given (not None) over what was saved over the defaults; raises SpecError for a bad value."""
     given = {k: v for k, v in {"tenants_text": tenants_text, "metrics_port": metrics_port,
-                               "hang_timeout_s": hang_timeout_s, "reserve_cpus": reserve_cpus}.items()
+                               "hang_timeout_s": hang_timeout_s, "reserve_cpus": reserve_cpus,
+                               "api_port": api_port}.items()
              if v is not None}
     cfg = replace(saved or ServiceConfig(), **given)
     if problems := cfg.problems():
@@ -84,12 +92,12 @@ def save(store: Store, cfg: ServiceConfig) -> None:
     write_bytes(config_uri(store), json.dumps(asdict(cfg), indent=1).encode())
 
 
-def port_message(port: int, who: str, e: OSError) -> str:
-    return (f"--metrics-port {port}: {who} cannot listen on it ({e.strerror or e}) — another process holds it; "
-            "choose a free port with `lorafarm serve --metrics-port N`")
+def port_message(port: int, who: str, e: OSError, flag: str = "--metrics-port") -> str:
+    return (f"{flag} {port}: {who} cannot listen on it ({e.strerror or e}) — another process holds it; "
+            f"choose a free port with `lorafarm serve {flag} N`")
 
 
-def check_port_free(port: int, who: str) -> None:
+def check_port_free(port: int, who: str, flag: str = "--metrics-port") -> None:
     """Raise a one-line LorafarmError when ``port`` cannot be bound on this node."""
     from ..errors import LorafarmError
 
@@ -98,4 +106,4 @@ def check_port_free(port: int, who: str) -> None:
         try:
             s.bind(("0.0.0.0", port))
         except OSError as e:
-            raise LorafarmError(port_message(port, who, e)) from None
+            raise LorafarmError(port_message(port, who, e, flag)) from None

@@ -15,12 +15,14 @@ import threading
 import time
 from typing import Any
 
-from ..errors import LorafarmError, SpecError
+from ..auth import Caller, Forbidden
+from ..errors import JobNotFound, SpecError
 from ..events import Event, RunOutcome, RunState
 from ..metrics import Metrics
 from ..policy import decide, job_priority, submission_problems
 from ..spec import TenantsConfig, validate_spec
 from ..storage import Store, new_job_id, read_manifest
+from .elastic import NodeFollower, fit_for, job_nodes
 from .joblog import JobLogs
 from .records import RecordStore
 from .reports import LiveRun, apply_event
@@ -50,6 +52,7 @@ class SchedulerCore:
         self.logs = JobLogs()
         self.metrics = Metrics()
         self.chargeback = Chargeback(self.metrics, clock.now())
+        self.nodes = NodeFollower()  # alive nodes at the last tick: losses resize or re-queue jobs
         self.recover()
 
     # ---------------------------------------------------------------- recovery
@@ -98,8 +101,14 @@ class SchedulerCore:
         return ref.step if ref else None
 
     # ---------------------------------------------------------------- API
-    def submit(self, spec_dict: dict[str, Any], job_id: str | None = None) -> dict[str, Any]:
+    # ``caller`` (lorafarm.auth.Caller) is who the key sent belongs to; None when keys are off
+    # (one team) or for in-process callers. A tenant acts only on its own jobs; admin on all.
+    def submit(self, spec_dict: dict[str, Any], job_id: str | None = None, caller: Caller | None = None
+               ) -> dict[str, Any]:
         spec = validate_spec(spec_dict)
+        if caller is not None and not caller.may_act_for(spec.tenant):
+            raise Forbidden(f"tenant: {spec.tenant!r} is not the tenant of the key sent ({caller.tenant!r}) — a key "
+                            f"submits only its own tenant's jobs: set tenant: {caller.tenant}")
         r = spec.resources
         record = JobRecord(
             job_id=job_id or new_job_id(spec.name), tenant=spec.tenant, name=spec.name,
@@ -123,30 +132,36 @@ class SchedulerCore:
             self.store.write_spec(spec.tenant, record.job_id, spec)
             return record.summary()
 
-    def status(self, job_id: str) -> dict[str, Any]:
+    def status(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:
-            return self._get(job_id).summary()
+            return self._get(job_id, caller).summary()
 
-    def list(self, tenant: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
+    def list(self, tenant: str | None = None, state: str | None = None, caller: Caller | None = None
+             ) -> list[dict[str, Any]]:
         if state is not None:
             check_state(state)
+        if caller is not None and not caller.admin:
+            if tenant is not None and tenant != caller.tenant:
+                raise Forbidden(f"--tenant {tenant}: the key sent is tenant {caller.tenant!r}'s — it lists only "
+                                "that tenant's jobs (drop --tenant)")
+            tenant = caller.tenant
         with self.lock:
             return [j.summary() for j in sorted(self.jobs.values(), key=lambda j: j.submitted_at)
                     if (tenant is None or j.tenant == tenant) and (state is None or j.state.value == state.upper())]
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
+    def events(self, job_id: str, caller: Caller | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return [e.model_dump(mode="json") for e in self._get(job_id).events]
+            return [e.model_dump(mode="json") for e in self._get(job_id, caller).events]
 
-    def logs_since(self, job_id: str, offset: int = 0) -> tuple[list[str], int, bool]:
+    def logs_since(self, job_id: str, offset: int = 0, caller: Caller | None = None) -> tuple[list[str], int, bool]:
         with self.lock:
-            record = self._get(job_id)
+            record = self._get(job_id, caller)
             lines = self.logs.lines(job_id)
             return lines[offset:], len(lines), record.state.is_terminal()
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
+    def cancel(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:
-            record = self._get(job_id)
+            record = self._get(job_id, caller)
             if record.state.is_terminal():
                 return record.summary()
             now = self.clock.now()
@@ -162,9 +177,10 @@ class SchedulerCore:
             self._persist(record)
             return record.summary()
 
-    def tenants_usage(self) -> list[dict[str, Any]]:
+    def tenants_usage(self, caller: Caller | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            return tenants_usage(list(self.jobs.values()), self.tenants)
+            rows = tenants_usage(list(self.jobs.values()), self.tenants)
+        return rows if caller is None or caller.admin else [r for r in rows if r["tenant"] == caller.tenant]
 
     def report(self, job_id: str, event: Event) -> None:
         """An event from a job's runner (fire-and-forget)."""
@@ -188,7 +204,8 @@ class SchedulerCore:
 
     # ---------------------------------------------------------------- loop
     def tick(self) -> None:
-        """Reap ended runs, fail hung ones, admit what the policy says, charge and update gauges."""
+        """Follow nodes, reap ended runs, fail hung ones, admit what the policy says, charge and update gauges."""
+        self._follow_nodes()
         self._reap()
         self._admit()
         with self.lock:
@@ -207,13 +224,19 @@ class SchedulerCore:
                     f"no progress for {self.hang_timeout_s:.0f} s — the job hung and was stopped"))
 
     def _finish(self, job_id: str, outcome: RunOutcome) -> None:
+        if outcome.state is RunState.FAILED and self._lost_nodes_of(job_id):
+            return  # the run failed because a node it ran on died: resized or re-queued, not failed
         with self.lock:
-            self.live.pop(job_id, None)
+            run = self.live.pop(job_id, None)
             record = self.jobs[job_id]
             self._release(record)  # however the run ended: its workers' resources free now
             if record.state.is_terminal():
                 return  # cancelled meanwhile: terminal states never change
             now = self.clock.now()
+            if outcome.state is RunState.PREEMPTED and run is not None and run.growing:
+                record.last_checkpoint_step = outcome.step
+                self._resize(record, now, f"capacity returned: growing at checkpoint step {outcome.step}")
+                return
             if outcome.state is RunState.PREEMPTED:
                 record.last_checkpoint_step = outcome.step
                 record.progress = {}
@@ -247,26 +270,144 @@ class SchedulerCore:
             self.metrics.decisions.inc()
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
             for job_id in decision.start:
-                self._start(self.jobs[job_id], now)
+                self._start(self.jobs[job_id], now, decision.placements.get(job_id, ()))
+            if not decision.start and decision.reserved_for is None:
+                self._grow_shrunk(now)
             if decision.preempt and not any(run.preempting for run in self.live.values()):
                 for job_id in decision.preempt:  # one preemption at a time: victims free first
                     self._preempt(self.jobs[job_id], decision.preempt_for, now)
 
-    def _start(self, record: JobRecord, now: float) -> None:
-        try:
-            spec = validate_spec(record.spec)
-        except SpecError as e:  # a record older than a change to the schema: it can never run
-            self._finish(record.job_id, RunOutcome.failed(f"{type(e).__name__}: {e}"))
+    def _start(self, record: JobRecord, now: float, placement=()) -> None:
+        if not self._launch(record, now, record.workers, placement):
             return
-        self.launcher.start(record.job_id, spec, self.store.root)
-        self.live[record.job_id] = LiveRun(last_progress=now)
-        record.placement_groups = []
         record.attempts += 1
         self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, now - record.submitted_at))
         record.transition(JobState.RUNNING, now, EventKind.STARTED,
                           f"started with {record.workers} worker(s) (attempt {record.attempts})")
         self._log(record.job_id, f"started: {record.workers} worker(s)")
         self.records.save(record)
+
+    def _launch(self, record: JobRecord, now: float, workers: int, placement) -> bool:
+        """Start a run of the job on ``workers`` workers (planned on ``placement``); False when
+        its spec no longer validates (it has failed then)."""
+        try:
+            spec = validate_spec(record.spec)
+        except SpecError as e:  # a record older than a change to the schema: it can never run
+            self._finish(record.job_id, RunOutcome.failed(f"{type(e).__name__}: {e}"))
+            return False
+        if workers != spec.resources.workers:  # an elastic job on fewer workers: same global batch
+            spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"workers": workers})})
+        self.launcher.start(record.job_id, spec, self.store.root)
+        self.live[record.job_id] = LiveRun(last_progress=now)
+        record.placement_groups = []
+        record.placement = [(n, k) for n, k in placement]
+        record.worker_nodes = []
+        record.run_workers = workers if workers != record.workers else None
+        return True
+
+    # ---------------------------------------------------------------- nodes
+    def _follow_nodes(self) -> None:
+        """Compare the alive nodes with the last tick's: log joins, and stop every run that had
+        workers on a node that left (resized or re-queued, see :meth:`_node_lost`)."""
+        with self.lock:
+            running = [j.running(self.clock.now()) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        cluster = self.capacity.cluster(running)
+        if cluster.nodes is None:
+            return
+        with self.lock:
+            joined, lost = self.nodes.update(cluster.nodes)
+            for node in joined:
+                print(f"lorafarm scheduler: node {node.name[:12]} ({node.ip}, {node.shape()}) joined", flush=True)
+            gone = {n.name: n for n in lost}
+            for node in lost:
+                print(f"lorafarm scheduler: node {node.name[:12]} ({node.ip}) left", flush=True)
+            if gone:
+                for record in [j for j in self.jobs.values() if j.state is JobState.RUNNING]:
+                    if job_nodes(record) & set(gone):
+                        self._node_lost(record, [gone[n] for n in job_nodes(record) & set(gone)])
+
+    def _lost_nodes_of(self, job_id: str) -> bool:
+        """For a failed run: whether a node it ran on is gone (its raylet no longer answers);
+        if so the job is handled as a node loss."""
+        with self.lock:
+            record = self.jobs.get(job_id)
+            nodes = job_nodes(record) if record is not None and record.state is JobState.RUNNING else set()
+        probe = getattr(self.capacity, "unreachable", None)
+        dead = probe(nodes) if nodes and probe is not None else set()
+        if not dead:
+            return False
+        with self.lock:
+            if record.state is not JobState.RUNNING:
+                return False
+            known = self.nodes.alive or {}
+            self._node_lost(record, [known[n] for n in dead if n in known] or list(dead))
+        return True
+
+    def _node_lost(self, record: JobRecord, lost: list) -> None:
+        """A node the job ran on died: stop what is left of the run, then restart it on the
+        largest size that fits in ``[min_workers, workers]`` or, if none, re-queue it; it
+        resumes from its latest checkpoint either way."""
+        now = self.clock.now()
+        self.launcher.kill(record.job_id)
+        self.live.pop(record.job_id, None)
+        self._release(record)
+        names = ", ".join(getattr(n, "ip", "") or str(getattr(n, "name", n))[:12] for n in lost)
+        ids = [getattr(n, "name", n) for n in lost]
+        step = record.last_checkpoint_step
+        record.note(now, EventKind.NODE_LOST, f"node {names} lost while the job ran on it; resumes from "
+                    + (f"checkpoint step {step}" if step else "the start (no checkpoint)"),
+                    {"nodes": ids, "step": step})
+        self.metrics.node_losses.labels(record.tenant).inc()
+        self._log(record.job_id, f"node {names} lost")
+        lost_ids = set(ids)
+        record.placement = [(n, k) for n, k in record.placement if n not in lost_ids]
+        record.worker_nodes = [w for w in record.worker_nodes if w.get("node_id") not in lost_ids]
+        self._resize(record, now, f"node {names} lost")
+
+    def _resize(self, record: JobRecord, now: float, why: str) -> None:
+        """Restart the job (its run has stopped) at the largest size that fits now, or re-queue it."""
+        before = record.run_workers or record.workers
+        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        fit = fit_for(record, self.capacity.cluster(running), tuple(record.placement))
+        step = record.last_checkpoint_step
+        if fit is None:
+            record.progress = {}
+            record.placement, record.worker_nodes, record.run_workers = [], [], None
+            record.transition(JobState.QUEUED, now, EventKind.NODE_LOST if "lost" in why else EventKind.STATE,
+                              f"{why}: {before} worker(s) no longer fit (at least {record.min_workers} needed); "
+                              "re-queued, resumes from " + (f"checkpoint step {step}" if step else "the start"))
+            self._log(record.job_id, "re-queued: the gang no longer fits")
+            self._persist(record)
+            return
+        size, placement = fit
+        if size != before:
+            record.note(now, EventKind.RESIZED, f"{why}: resized from {before} to {size} worker(s) at checkpoint "
+                        f"step {step or 0} (same global batch)", {"from": before, "to": size, "step": step or 0})
+            self.metrics.resizes.labels(record.tenant).inc()
+            self._log(record.job_id, f"resized {before} -> {size} workers at step {step or 0}")
+        self._launch(record, now, size, placement)
+        record.attempts += 1
+        self.records.save(record)
+
+    def _grow_shrunk(self, now: float) -> None:
+        """Nothing queued waits for capacity: a shrunk elastic job whose full size (or a larger
+        one) fits again checkpoints and restarts larger (one job at a time)."""
+        if any(run.preempting for run in self.live.values()):
+            return
+        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        for record in self.jobs.values():
+            run = self.live.get(record.job_id)
+            if record.state is not JobState.RUNNING or not record.run_workers or run is None:
+                continue
+            fit = fit_for(record, self.capacity.cluster(running), tuple(record.placement))
+            if fit is not None and fit[0] > record.run_workers:
+                run.preempting = run.growing = True
+                self.launcher.preempt(record.job_id)
+                record.note(now, EventKind.PREEMPTING, f"{fit[0]} workers fit again: checkpoint, then grow from "
+                            f"{record.run_workers}")
+                self._log(record.job_id, f"growing to {fit[0]} workers at the next checkpoint")
+                self.records.save(record)
+                return
 
     def _preempt(self, record: JobRecord, for_job: str | None, now: float) -> None:
         """Ask a running job to checkpoint and stop; its run then ends PREEMPTED."""
@@ -280,10 +421,10 @@ class SchedulerCore:
         self.records.save(record)
 
     # ---------------------------------------------------------------- helpers
-    def _get(self, job_id: str) -> JobRecord:
+    def _get(self, job_id: str, caller: Caller | None = None) -> JobRecord:
         record = self.jobs.get(job_id)
-        if record is None:
-            raise LorafarmError(f"job {job_id!r} not found — list jobs with `lorafarm list`")
+        if record is None or (caller is not None and not caller.may_act_for(record.tenant)):  # others' are unseen
+            raise JobNotFound(f"job {job_id!r} not found — list jobs with `lorafarm list`")
         return record
 
     def _log(self, job_id: str, line: str) -> None:

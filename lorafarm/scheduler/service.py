@@ -13,10 +13,11 @@ from typing import Any
 
 import ray
 
-from ..errors import LorafarmError, SchedulerUnavailable, SpecError
+from ..auth import Caller, Forbidden
+from ..errors import JobNotFound, LorafarmError, SchedulerUnavailable, SpecError
 from ..events import Event
 from ..spec import load_tenants
-from ..storage import Store
+from ..storage import Store, filesystem, join, read_manifest
 from . import config as service_config
 from .capacity import RayCapacity
 from .config import check_port_free, port_message
@@ -35,7 +36,7 @@ class Scheduler:
     """The API of the service (the CLI's ``call`` names these methods) and a background loop."""
 
     def __init__(self, store_uri: str, tenants_text: str | None = None, metrics_port: int | None = None,
-                 hang_timeout_s: float | None = None, reserve_cpus: float | None = None):
+                 hang_timeout_s: float | None = None, reserve_cpus: float | None = None, api_port: int | None = None):
         """Never raises: a failure to start (the store unreachable from the cluster, the metrics
         port taken, a bad value) is kept in ``self.failed`` and reported by :meth:`ping`, so the
         client says it in one line and removes this actor (an ``__init__`` that raises would come
@@ -44,7 +45,7 @@ class Scheduler:
         self.failed: str | None = None
         self._stop = threading.Event()
         try:
-            self._start(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus)
+            self._start(store_uri, tenants_text, metrics_port, hang_timeout_s, reserve_cpus, api_port)
         except Exception as e:  # noqa: BLE001 - reported through ping, one line
             self.failed = _start_failure(e, store_uri)
             self.core = None  # serves nothing; the client removes it
@@ -53,14 +54,17 @@ class Scheduler:
         self._loop.start()
 
     def _start(self, store_uri: str, tenants_text: str | None, metrics_port: int | None,
-               hang_timeout_s: float | None, reserve_cpus: float | None) -> None:
+               hang_timeout_s: float | None, reserve_cpus: float | None, api_port: int | None = None) -> None:
         store = Store.open(store_uri)
         try:
             saved = service_config.load(store)
-            self.config = service_config.merge(saved, tenants_text or None, metrics_port, hang_timeout_s, reserve_cpus)
+            self.config = service_config.merge(saved, tenants_text or None, metrics_port, hang_timeout_s, reserve_cpus,
+                                               api_port)
             tenants = load_tenants(self.config.tenants_text)
             if self.config.metrics_port is not None:
                 check_port_free(self.config.metrics_port, "the scheduler")
+            if self.config.api_port is not None:
+                check_port_free(self.config.api_port, "the scheduler", "--api-port")
             self.core = SchedulerCore(
                 store, tenants, SystemClock(), RayLauncher(ray.get_runtime_context().current_actor),
                 RayCapacity(self.config.reserve_cpus), hang_timeout_s=self.config.hang_timeout_s,
@@ -74,6 +78,13 @@ class Scheduler:
                 self.core.metrics.serve(self.config.metrics_port)
             except OSError as e:
                 raise LorafarmError(port_message(self.config.metrics_port, "the scheduler", e)) from None
+        if self.config.api_port is not None:
+            from ..rest.server import ApiServer
+
+            try:
+                ApiServer(self, self.config.api_port).start()
+            except OSError as e:
+                raise LorafarmError(port_message(self.config.api_port, "the scheduler", e, "--api-port")) from None
         service_config.save(store, self.config)
 
     def _run(self) -> None:
@@ -89,26 +100,62 @@ class Scheduler:
             raise SchedulerUnavailable(f"the lorafarm scheduler is not running ({self.failed})")
         return self.core
 
-    def submit(self, spec: dict[str, Any]) -> dict[str, Any]:
-        return self._core().submit(spec)
+    # Every API call carries the caller's key (``key``, None when it has none): it is mapped to
+    # its tenant here and never kept, logged or stored (lorafarm.auth).
+    def caller(self, key: str | None) -> Caller | None:
+        return self._core().tenants.keyring().identify(key)
 
-    def status(self, job_id: str) -> dict[str, Any]:
-        return self._core().status(job_id)
+    def submit(self, spec: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        return self._core().submit(spec, caller=self.caller(key))
 
-    def list(self, tenant: str | None = None, state: str | None = None) -> list[dict[str, Any]]:
-        return self._core().list(tenant, state)
+    def status(self, job_id: str, key: str | None = None) -> dict[str, Any]:
+        return self._core().status(job_id, caller=self.caller(key))
 
-    def events(self, job_id: str) -> list[dict[str, Any]]:
-        return self._core().events(job_id)
+    def list(self, tenant: str | None = None, state: str | None = None, key: str | None = None
+             ) -> list[dict[str, Any]]:
+        return self._core().list(tenant, state, caller=self.caller(key))
 
-    def logs(self, job_id: str, offset: int = 0):
-        return self._core().logs_since(job_id, offset)
+    def events(self, job_id: str, key: str | None = None) -> list[dict[str, Any]]:
+        return self._core().events(job_id, caller=self.caller(key))
 
-    def cancel(self, job_id: str) -> dict[str, Any]:
-        return self._core().cancel(job_id)
+    def logs(self, job_id: str, offset: int = 0, key: str | None = None):
+        return self._core().logs_since(job_id, offset, caller=self.caller(key))
 
-    def tenants(self) -> list[dict[str, Any]]:
-        return self._core().tenants_usage()
+    def cancel(self, job_id: str, key: str | None = None) -> dict[str, Any]:
+        return self._core().cancel(job_id, caller=self.caller(key))
+
+    def tenants(self, key: str | None = None) -> list[dict[str, Any]]:
+        return self._core().tenants_usage(caller=self.caller(key))
+
+    def adapter(self, job_id: str, key: str | None = None) -> dict[str, Any]:
+        """A succeeded job's adapter: ``adapter_uri`` and its verified ``manifest``."""
+        summary = self.status(job_id, key)
+        if not summary.get("adapter_uri"):
+            raise LorafarmError(f"job {job_id} is {summary['state']} and has no adapter — download it after it "
+                                f"succeeds (`lorafarm status {job_id}`)")
+        return {"adapter_uri": summary["adapter_uri"], "manifest": read_manifest(summary["adapter_uri"], verify=True)}
+
+    def adapter_file(self, job_id: str, name: str, key: str | None = None):
+        """(chunks, size, sha256) of one file the adapter's manifest lists; streamed from the store."""
+        found = self.adapter(job_id, key)
+        meta = found["manifest"]["files"].get(name)
+        if meta is None:
+            raise JobNotFound(f"{name}: not a file of job {job_id}'s adapter — see its file list "
+                              f"(GET /v1/jobs/{job_id}/adapter)")
+        fs, path = filesystem(join(found["adapter_uri"], name))
+
+        def chunks():
+            with fs.open(path, "rb") as f:
+                while block := f.read(1 << 20):
+                    yield block
+
+        return chunks(), meta["size"], meta["sha256"]
+
+    def whoami(self, key: str | None = None) -> dict[str, Any]:
+        """Who ``key`` is (``tenant``, ``admin``), and whether keys are on (``keys``); AuthError if unknown."""
+        caller = self.caller(key)
+        return {"keys": caller is not None, "tenant": caller.tenant if caller else None,
+                "admin": bool(caller and caller.admin)}
 
     def report(self, job_id: str, event: Event) -> None:
         self._core().report(job_id, event)
@@ -117,10 +164,16 @@ class Scheduler:
         """``store``, ``jobs``, ``running`` and the configuration it runs with; ``error`` when it failed to start."""
         if self.core is None:
             return {"error": self.failed}
-        return {**self.core.ping(), "config": self.config.public(), "tenants_text": self.config.tenants_text}
+        return {**self.core.ping(), "config": self.config.public(), "tenants_text": self.config.tenants_text,
+                "keys": self.core.tenants.keyring().enabled}
 
-    def reload_tenants(self, tenants_text: str) -> dict[str, Any]:
-        """Validate and swap the tenants file (a bad one raises SpecError: the old one stays)."""
+    def reload_tenants(self, tenants_text: str, key: str | None = None) -> dict[str, Any]:
+        """Validate and swap the tenants file (a bad one raises SpecError: the old one stays).
+        With keys on, only an admin key may (a tenant could otherwise raise its own quota)."""
+        caller = self.caller(key)
+        if caller is not None and not caller.admin:
+            raise Forbidden(f"--reload-tenants: the key sent is {caller.label}'s — reloading the tenants file "
+                            "needs an admin key (admin_keys in the tenants file)")
         tenants = load_tenants(tenants_text or None)
         self._core().reload_tenants(tenants)
         self.config = dataclasses.replace(self.config, tenants_text=tenants_text or None)

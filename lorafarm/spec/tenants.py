@@ -8,19 +8,33 @@ file users and the Helm chart are pointed at). Importable without Ray or torch: 
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, ValidationError
+from pydantic_core import PydanticCustomError
 
 from ..errors import SpecError
 from .errors import Wording, dedupe, translate
-from .model import NAME_PATTERN
+from .model import NAME_PATTERN, OWN_WORDING
 from .yamlio import parse_mapping, read_text
 
 FORMAT_DOC = "lorafarm/tenants.py"  # the file's documented format, with an example of every field
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 ClassValue = Annotated[int, Field(ge=-1_000_000_000, le=1_000_000_000)]  # aged values stay exact floats
+
+
+def _digest(value: str) -> str:
+    if not (isinstance(value, str) and re.fullmatch(r"sha256:[0-9a-f]{64}", value)):
+        # the value is never echoed: it may be a raw key pasted by mistake
+        raise PydanticCustomError(OWN_WORDING, "is not a key digest — write sha256:<64 lowercase hex> "
+                                  "(`python -m lorafarm.auth KEY` prints it; never the key itself)")
+    return value
+
+
+KeyDigest = Annotated[str, AfterValidator(_digest)]  # lorafarm.auth.hash_key's form
+UriPrefix = Annotated[str, StringConstraints(min_length=1, max_length=4096)]
 DEFAULT_ENTRY = "default"
 
 
@@ -58,6 +72,11 @@ class Tenant(_Strict):
     priorities: list[Name] | None = Field(None, description="Priority classes this tenant may use (absent = all).")
     default_priority: Name | None = Field(None, description="Class of a job that names none (absent = the file's).")
     allow_trust_remote_code: bool = Field(False, description="Let this tenant's jobs run a base model's own code.")
+    keys: list[KeyDigest] = Field(default_factory=list, description="sha256 digests of this tenant's API keys "
+                                  "(`python -m lorafarm.auth` makes a key and its digest).")
+    allowed_uris: list[UriPrefix] | None = Field(None, description="URI prefixes this tenant's specs may read "
+                                                 "(data, eval data, base model); absent = anywhere outside other "
+                                                 "tenants' store prefixes. Its own store prefix is always allowed.")
 
 
 class PolicySettings(_Strict):
@@ -80,6 +99,8 @@ class TenantsConfig(_Strict):
         "default", description="default: tenants not listed use `tenants.default`; reject: refuse their jobs."
     )
     policy: PolicySettings = Field(default_factory=PolicySettings)
+    admin_keys: list[KeyDigest] = Field(default_factory=list, description="sha256 digests of operators' API keys "
+                                        "(every tenant's jobs; `run --direct`; reloading this file).")
     tenants: dict[Name, Tenant] = Field(default_factory=dict)
 
     # -- look-ups (a tenant not listed gets the `default` entry, or a built-in unlimited one) --
@@ -120,6 +141,16 @@ class TenantsConfig(_Strict):
     def allows_remote_code(self, name: str) -> bool:
         entry = self.for_tenant(name)
         return bool(entry and entry.allow_trust_remote_code)
+
+    def keyring(self):
+        """Key digest → tenant (or admin) for :mod:`lorafarm.auth`; empty when no keys are listed."""
+        from ..auth.keys import KeyRing
+
+        return KeyRing({n: list(t.keys) for n, t in self.tenants.items() if n != DEFAULT_ENTRY}, list(self.admin_keys))
+
+    def allowed_uris(self, name: str) -> list[str] | None:
+        entry = self.for_tenant(name)
+        return None if entry is None else entry.allowed_uris
 
     def allowed_priorities(self, name: str) -> frozenset[str]:
         allowed = self._entry(name).priorities
@@ -206,6 +237,29 @@ def _cross_problems(raw: dict[str, Any]) -> list[str]:
     for tenant, entry in tenants.items():
         if isinstance(entry, dict) and names:
             out.extend(_tenant_problems(f"tenants.{tenant}", entry, classes, default))
+    out.extend(_key_problems(raw, tenants))
+    return out
+
+
+def _key_problems(raw: dict[str, Any], tenants: dict) -> list[str]:
+    """A digest listed twice would make a key mean two callers; keys on `default` would name no tenant."""
+    seen: dict[str, str] = {}
+    out = []
+    admin = raw.get("admin_keys")
+    places = [(f"admin_keys[{i}]", d) for i, d in enumerate(admin)] if isinstance(admin, list) else []
+    for tenant, entry in tenants.items():
+        keys = entry.get("keys") if isinstance(entry, dict) else None
+        if tenant == DEFAULT_ENTRY and keys:
+            out.append("tenants.default.keys: a key names one tenant — list it under that tenant's own entry")
+        if isinstance(keys, list):
+            places += [(f"tenants.{tenant}.keys[{i}]", d) for i, d in enumerate(keys)]
+    for where, digest in places:
+        if not isinstance(digest, str):
+            continue
+        if digest in seen:
+            out.append(f"{where}: the same key digest as {seen[digest]} — give each tenant (and admin) its own key")
+        else:
+            seen[digest] = where
     return out
 
 

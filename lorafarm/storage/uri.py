@@ -44,8 +44,8 @@ def canonical(uri: str) -> tuple[str, str]:
     slashes in object keys are collapsed (conservative: a key that spells ``..`` literally is
     treated as the path it looks like)."""
     s = scheme_of(uri)
-    if s == "file":
-        return "file", normalize(uri)
+    if s == "file":  # FILE:// and File:// too (normalize strips only the lower-case spelling)
+        return "file", normalize(uri.split("://", 1)[1] if _SCHEME.match(uri) else uri)
     rest = uri.split("://", 1)[1]
     if s == "s3a":
         s = "s3"
