@@ -49,6 +49,7 @@ class GroupStarted:
     kind: ClassVar[str] = "attempt"
     world_size: int
     placement_group: str | None = None  # hex id, so the scheduler can remove it itself
+    nodes: tuple[tuple[str, str], ...] = ()  # per rank: (Ray node id, node IP), so status shows where it runs
 
 
 @dataclass(frozen=True, slots=True)
@@ -175,4 +176,6 @@ def from_dict(data: dict[str, Any]) -> Event:
         raise ValueError(f"{kind} event: unknown field(s) {', '.join(sorted(unknown))}")
     if cls is Done and "history" in data:
         data["history"] = tuple(data["history"])
+    if cls is GroupStarted and "nodes" in data:
+        data["nodes"] = tuple(tuple(x) for x in data["nodes"])
     return cls(**data)

@@ -60,6 +60,10 @@ class Metrics:
                                        registry=r)
         self.preemptions = Counter("lorafarm_preemptions_total", "Running jobs preempted (checkpointed and re-queued)",
                                    ["tenant"], registry=r)
+        self.resizes = Counter("lorafarm_resizes_total", "Elastic jobs restarted on another worker count (node "
+                               "lost, or grown back)", ["tenant"], registry=r)
+        self.node_losses = Counter("lorafarm_node_losses_total", "Runs that lost a node they had workers on",
+                                   ["tenant"], registry=r)
         self.checkpoint_seconds = Histogram("lorafarm_checkpoint_seconds", "Time to save one checkpoint", ["tenant"],
                                             buckets=(0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60), registry=r)
         self.checkpoint_bytes = Counter("lorafarm_checkpoint_bytes_total", "Bytes of checkpoints written", ["tenant"],

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from ..spec.tenants import TenantsConfig
-from .pool import EPS, per_node
+from .pool import EPS, Pool
 from .quota import Usage
 from .types import ClusterState, JobRequest, RunningJob
 
@@ -56,13 +56,31 @@ def _cluster_reasons(job: JobRequest | RunningJob, capacity: ClusterState | Mapp
             out.append(f"needs {_need(job, per_worker, unit)} but the whole cluster has {total:g}")
     if out or not nodes:
         return out
-    counts = [per_node(n.total_cpus, n.total_gpus, job.cpus_per_worker, job.gpus_per_worker) for n in nodes]
+    return _node_reasons(job, nodes)
+
+
+def _node_reasons(job: JobRequest | RunningJob, nodes) -> list[str]:
+    """A worker larger than every node (of its accelerator type), or a gang that no set of
+    idle nodes holds: each reason names the largest node shape and the field to change."""
+    accel = getattr(job, "accelerator_type", None)
+    if accel is not None and not any(n.accelerator_type == accel for n in nodes):
+        types = sorted({n.accelerator_type for n in nodes if n.accelerator_type})
+        return [f"resources.accelerator_type: {accel!r} is on no node (the cluster has "
+                f"{', '.join(types) if types else 'no accelerator types'})"]
+    pool = Pool(ClusterState.from_nodes(nodes))
+    counts = pool.counts(job.cpus_per_worker, job.gpus_per_worker, accel, idle=True)
+    hosts = [n for n in nodes if accel is None or n.accelerator_type == accel]
+    big = max(hosts, key=lambda n: (n.total_gpus, n.total_cpus))
     if max(counts) < 1:
-        big = max(nodes, key=lambda n: (n.total_gpus, n.total_cpus))
-        out.append(f"one worker needs {job.cpus_per_worker:g} CPUs and {job.gpus_per_worker:g} GPUs on one node "
-                   f"but no node has that much (largest: {big.total_cpus:g} CPUs, {big.total_gpus:g} GPUs)")
-    elif sum(min(k, job.workers) for k in counts) < job.workers:
-        fit = int(sum(min(k, job.workers) for k in counts))
-        out.append(f"needs {job.workers} workers of {job.cpus_per_worker:g} CPUs and {job.gpus_per_worker:g} GPUs "
-                   f"but at most {fit} fit on the cluster's nodes even when idle")
-    return out
+        field = ("resources.gpus_per_worker" if job.gpus_per_worker > big.total_gpus + EPS
+                 else "resources.cpus_per_worker")
+        return [f"{field}: one worker needs {job.cpus_per_worker:g} CPUs and {job.gpus_per_worker:g} GPUs on one "
+                f"node but no node has that much (largest: {big.shape()}; {len(nodes)} node(s)) — set {field} to "
+                "what that node holds"]
+    fit = int(sum(min(k, job.workers) for k in counts))
+    if fit < job.workers:
+        return [f"resources.workers: needs {job.workers} workers of {job.cpus_per_worker:g} CPUs and "
+                f"{job.gpus_per_worker:g} GPUs but at most {fit} fit on the cluster's nodes even when idle "
+                f"(largest: {big.shape()}; {len(nodes)} node(s)) — set resources.workers to at most {fit}, "
+                f"or less per worker"]
+    return []

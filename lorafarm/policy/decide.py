@@ -87,7 +87,7 @@ def decide(
     top = levels[-1]
     band_of: dict[float, float] = {level: level for level in levels}  # rank -> band, filled as ranks appear
     queues: dict[str, _TenantQueue] = {}
-    shapes: set[tuple[int, float, float]] = set()
+    shapes: set[tuple] = set()
     for job, value in zip(queued, ranks(queued, tenants, now), strict=True):
         band = band_of.get(value)
         if band is None:  # aged between two classes: its band is the class below
@@ -99,9 +99,9 @@ def decide(
         if est is None or band == top:
             est = math.inf  # the top band is served in submission order, so nothing starves there
         q.jobs.append((-band, est, job.submitted_at, job.job_id, len(q.jobs), job))
-        shapes.add((job.workers, job.cpus_per_worker, job.gpus_per_worker))
-    min_cpus = min((w * c for w, c, _ in shapes), default=math.inf)  # the smallest gang of each resource
-    min_gpus = min((w * g for w, _, g in shapes), default=math.inf)
+        shapes.add((job.workers, job.cpus_per_worker, job.gpus_per_worker, job.spread, job.accelerator_type))
+    min_cpus = min((s[0] * s[1] for s in shapes), default=math.inf)  # the smallest gang of each resource
+    min_gpus = min((s[0] * s[2] for s in shapes), default=math.inf)
     for q in queues.values():
         heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
         q.weight = tenants.weight(q.name)
@@ -133,7 +133,7 @@ def decide(
         if u is None:
             u = usage[name] = Usage()
         if within_quota(job, u, tenants):
-            placement = pool.place(job.workers, job.cpus_per_worker, job.gpus_per_worker)
+            placement = pool.place_job(job)
             if placement is not None:
                 pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
                 u.add(job)
@@ -148,7 +148,7 @@ def decide(
                     head = job
                     if not tenants.policy.backfill:
                         break
-                    pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker)
+                    pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker, job.accelerator_type)
         if q.jobs:
             heapq.heappush(heap, (key(q), name))
 

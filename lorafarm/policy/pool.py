@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 
-from .types import ClusterState, Placement
+from .types import ClusterState, JobRequest, Placement
 
 EPS = 1e-9  # resources are floats (fractional GPUs); compare with a little slack
 
@@ -28,7 +28,8 @@ def per_node(free_cpus: float, free_gpus: float, cpus: float, gpus: float) -> fl
 class Pool:
     """Mutable free resources: aggregate, and per node when the cluster gave nodes."""
 
-    __slots__ = ("cpus", "gpus", "names", "index", "node_cpus", "node_gpus", "cap_cpus", "cap_gpus", "failed")
+    __slots__ = ("cpus", "gpus", "names", "index", "node_cpus", "node_gpus", "cap_cpus", "cap_gpus", "accel",
+                 "failed")
 
     def __init__(self, cluster: ClusterState):
         self.cpus = cluster.free_cpus
@@ -40,11 +41,23 @@ class Pool:
         self.node_gpus = [n.free_gpus for n in nodes or ()]
         self.cap_cpus = [n.total_cpus for n in nodes or ()]
         self.cap_gpus = [n.total_gpus for n in nodes or ()]
-        self.failed: set[tuple[int, float, float]] = set()  # shapes that did not fit (free only shrinks)
+        self.accel = [n.accelerator_type for n in nodes or ()]
+        self.failed: set[tuple] = set()  # shapes that did not fit (free only shrinks)
 
-    def place(self, workers: int, cpus: float, gpus: float) -> Placement | None:
-        """Where the gang would go (``()`` without node data), or None if it does not fit now."""
-        shape = (workers, cpus, gpus)
+    def counts(self, cpus: float, gpus: float, accelerator: str | None = None, idle: bool = False) -> list[float]:
+        """How many such workers each node holds now (``idle``: when empty); 0 on nodes without
+        the accelerator the job asks for."""
+        free_c, free_g = (self.cap_cpus, self.cap_gpus) if idle else (self.node_cpus, self.node_gpus)
+        return [per_node(c, g, cpus, gpus) if accelerator is None or a == accelerator else 0
+                for c, g, a in zip(free_c, free_g, self.accel, strict=True)]
+
+    def place(self, workers: int, cpus: float, gpus: float, spread: bool = False,
+              accelerator: str | None = None) -> Placement | None:
+        """Where the gang would go (``()`` without node data), or None if it does not fit now.
+
+        ``pack`` fills the fullest nodes first (fewest nodes, large holes kept for large gangs);
+        ``spread`` deals workers one at a time to the emptiest nodes that still hold one."""
+        shape = (workers, cpus, gpus, spread, accelerator)
         if shape in self.failed:
             return None  # it did not fit before, and nothing has been given back since
         if workers * cpus > self.cpus + EPS or workers * gpus > self.gpus + EPS:
@@ -52,10 +65,17 @@ class Pool:
             return None
         if self.names is None:
             return ()
-        counts = [per_node(c, g, cpus, gpus) for c, g in zip(self.node_cpus, self.node_gpus, strict=True)]
+        counts = self.counts(cpus, gpus, accelerator)
         if sum(min(k, workers) for k in counts) < workers:
             self.failed.add(shape)
             return None
+        if spread:
+            given = [0] * len(counts)
+            for _ in range(workers):  # the node with the most room left for one more worker
+                i = max((i for i, k in enumerate(counts) if k - given[i] >= 1),
+                        key=lambda i: (counts[i] - given[i] > 0, -given[i], self.node_cpus[i], self.node_gpus[i], -i))
+                given[i] += 1
+            return tuple((self.names[i], n) for i, n in enumerate(given) if n)
         order = sorted((i for i, k in enumerate(counts) if k >= 1),
                        key=lambda i: (self.node_gpus[i], self.node_cpus[i]))
         out, left = [], workers
@@ -66,6 +86,10 @@ class Pool:
             if not left:
                 break
         return tuple(out)
+
+    def place_job(self, job: JobRequest) -> Placement | None:
+        """:meth:`place` for a queued job, with its placement and accelerator."""
+        return self.place(job.workers, job.cpus_per_worker, job.gpus_per_worker, job.spread, job.accelerator_type)
 
     def take(self, workers: int, cpus: float, gpus: float, placement: Placement, sign: float = 1.0) -> None:
         """Allocate a placed gang (``sign=-1`` gives it back)."""
@@ -79,7 +103,7 @@ class Pool:
                 self.node_cpus[i] -= sign * n * cpus
                 self.node_gpus[i] -= sign * n * gpus
 
-    def reserve(self, workers: int, cpus: float, gpus: float) -> None:
+    def reserve(self, workers: int, cpus: float, gpus: float, accelerator: str | None = None) -> None:
         """Hold back, on every node, what a blocked gang could ever use there.
 
         On each node the gang could hold at most ``m`` workers even when the node is empty;
@@ -90,11 +114,24 @@ class Pool:
         self.gpus -= min(self.gpus, workers * gpus)
         if self.names is None:
             return
-        for i in range(len(self.names)):
-            m = min(workers, per_node(self.cap_cpus[i], self.cap_gpus[i], cpus, gpus))
+        for i, cap in enumerate(self.counts(cpus, gpus, accelerator, idle=True)):
+            m = min(workers, cap)
             self.node_cpus[i] -= min(self.node_cpus[i], m * cpus)
             self.node_gpus[i] -= min(self.node_gpus[i], m * gpus)
         # what is left in total is at most what is left on the nodes together
         self.cpus = min(self.cpus, sum(self.node_cpus))
         self.gpus = min(self.gpus, sum(self.node_gpus))
 
+
+
+def largest_fit(pool: Pool, low: int, high: int, cpus: float, gpus: float, spread: bool = False,
+                accelerator: str | None = None, allowed=lambda _k: True) -> tuple[int, Placement] | None:
+    """The largest gang size in ``[low, high]`` that fits now (and that ``allowed``), with its
+    placement: how far an elastic job shrinks after a node loss, or grows back."""
+    for k in range(high, low - 1, -1):
+        if not allowed(k):
+            continue
+        placement = pool.place(k, cpus, gpus, spread, accelerator)
+        if placement is not None:
+            return k, placement
+    return None

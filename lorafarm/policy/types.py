@@ -22,6 +22,8 @@ class JobRequest:
     priority: str
     submitted_at: float
     estimated_duration: float | None = None  # seconds; unused by ``decide``, for simulators' baselines
+    spread: bool = False  # resources.placement: spread (one worker per node where possible)
+    accelerator_type: str | None = None  # only nodes with this accelerator may hold its workers
 
     @property
     def cpus(self) -> float:
@@ -46,6 +48,7 @@ class RunningJob:
     started_at: float
     estimated_duration: float | None = None
     placement: Placement = ()
+    accelerator_type: str | None = None
 
     @property
     def cpus(self) -> float:
@@ -58,13 +61,22 @@ class RunningJob:
 
 @dataclass(frozen=True, slots=True)
 class NodeState:
-    """One node's capacity and what is free on it now."""
+    """One node's capacity and what is free on it now (``name``: Ray's node id)."""
 
     name: str
     total_cpus: float
     total_gpus: float
     free_cpus: float
     free_gpus: float
+    ip: str = ""
+    memory_bytes: float = 0.0
+    accelerator_type: str | None = None  # Ray's ``accelerator_type:<X>`` resource on the node
+    custom: Mapping[str, float] = field(default_factory=dict)  # other resources (totals), e.g. a custom tag
+
+    def shape(self) -> str:
+        """The node's size in words, for messages."""
+        acc = f" {self.accelerator_type}" if self.accelerator_type else ""
+        return f"{self.total_cpus:g} CPUs, {self.total_gpus:g}{acc} GPUs"
 
 
 @dataclass(frozen=True, slots=True)

@@ -4,9 +4,11 @@ named ``RUNNER_PREFIX + job_id`` so that a restarted scheduler can find and stop
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from ..events import RunOutcome
 from ..spec import JobSpec
@@ -21,7 +23,19 @@ class RayLauncher:
         self._lock = threading.Lock()  # cancel (an API thread) and the admission loop both use it
 
     def start(self, job_id: str, spec: JobSpec, store_root: str) -> None:
-        runner = Runner.options(name=RUNNER_PREFIX + job_id, namespace=NAMESPACE).remote()
+        # on the scheduler's node: a runner (and the Ray Train controller it owns) must outlive the
+        # loss of any worker node, so that the scheduler can resize or re-queue the job
+        here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
+        runner = None
+        for _ in range(100):  # a runner just killed (node lost, resize) frees its name within moments
+            try:
+                runner = Runner.options(name=RUNNER_PREFIX + job_id, namespace=NAMESPACE,
+                                        scheduling_strategy=here).remote()
+                break
+            except ValueError:
+                time.sleep(0.1)
+        if runner is None:
+            runner = Runner.options(namespace=NAMESPACE, scheduling_strategy=here).remote()
         ref = runner.run.remote(spec, store_root, job_id, self.scheduler_handle)
         with self._lock:
             self._runs[job_id] = (runner, ref)

@@ -33,6 +33,7 @@ class LiveRun:
     tokens_reported: float = 0.0  # tokens_seen of the last step, so the counter gets deltas
     group_starts: int = 0  # worker-group starts in this run (more than one: restarted after a failure)
     preempting: bool = False  # asked to checkpoint and stop, not stopped yet
+    growing: bool = False  # that stop is for a shrunk elastic job to restart larger
 
 
 def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics, log: Callable[[str], None],
@@ -64,6 +65,16 @@ def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics,
             run.group_starts += 1
             if event.placement_group:
                 record.placement_groups.append(event.placement_group)
+            if event.nodes:  # where the ranks really run: the scheduler's accounting follows it
+                record.worker_nodes = [{"rank": i, "node_id": n, "ip": ip} for i, (n, ip) in enumerate(event.nodes)]
+                counts: dict[str, int] = {}
+                for n, _ in event.nodes:
+                    counts[n] = counts.get(n, 0) + 1
+                record.placement = sorted(counts.items())
+                where = ", ".join(f"{ip} ({n[:12]}) ×{counts[n]}" for n, ip in dict(event.nodes).items())
+                record.note(now, EventKind.PLACED, f"{event.world_size} worker(s) on node(s) {where}",
+                            {"nodes": record.worker_nodes})
+                log(f"workers on {where}")
             if run.group_starts > 1:
                 record.note(now, EventKind.FAILURE, f"worker group restarted after a failure (start "
                             f"{run.group_starts} of this run, {event.world_size} workers)")

@@ -48,6 +48,10 @@ class EventKind(StrEnum):
     RESUMED = "resumed"
     PREEMPTING = "preempting"
     PREEMPTED = "preempted"
+    PLACED = "placed"
+    NODE_LOST = "node_lost"
+    RESIZED = "resized"
+    WAITING_FOR_NODES = "waiting_for_nodes"
 
 
 class JobEvent(BaseModel):
@@ -84,6 +88,9 @@ class JobRecord(BaseModel):
     attempts: int = 0
     placement_groups: list[str] = Field(default_factory=list)  # hex ids of the current run's worker groups
     last_checkpoint_step: int | None = None
+    run_workers: int | None = None  # workers of the current run when an elastic job runs smaller than ``workers``
+    placement: list[tuple[str, int]] = Field(default_factory=list)  # (node id, workers there) of the current run
+    worker_nodes: list[dict[str, Any]] = Field(default_factory=list)  # per rank: node_id, ip (as workers report)
     events: list[JobEvent] = Field(default_factory=list)
 
     @property
@@ -107,18 +114,26 @@ class JobRecord(BaseModel):
     def note(self, now: float, kind: EventKind, message: str, data: dict[str, Any] | None = None) -> None:
         self.events.append(JobEvent(time=now, state=self.state, kind=kind, message=message, data=data or {}))
 
+    @property
+    def min_workers(self) -> int:
+        """The fewest workers it may run on (``resources.min_workers``; rigid: ``workers``)."""
+        return (self.spec.get("resources") or {}).get("min_workers") or self.workers
+
     def request(self) -> JobRequest:
         """The job as the policy sees it while queued."""
+        r = self.spec.get("resources") or {}
         return JobRequest(job_id=self.job_id, tenant=self.tenant, workers=self.workers,
                           cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
-                          priority=self.priority, submitted_at=self.submitted_at)
+                          priority=self.priority, submitted_at=self.submitted_at,
+                          spread=r.get("placement") == "spread", accelerator_type=r.get("accelerator_type"))
 
     def running(self, now: float) -> RunningJob:
-        """The job as the policy sees it while it holds resources."""
-        return RunningJob(job_id=self.job_id, tenant=self.tenant, workers=self.workers,
+        """The job as the policy sees it while it holds resources (its current size and nodes)."""
+        return RunningJob(job_id=self.job_id, tenant=self.tenant, workers=self.run_workers or self.workers,
                           cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
                           priority=self.priority, submitted_at=self.submitted_at,
-                          started_at=self.started_at or now)
+                          started_at=self.started_at or now, placement=tuple((n, k) for n, k in self.placement),
+                          accelerator_type=(self.spec.get("resources") or {}).get("accelerator_type"))
 
     def summary(self) -> dict[str, Any]:
         """The ``status --json`` object."""
@@ -138,4 +153,6 @@ class JobRecord(BaseModel):
             "metrics": self.metrics,
             "attempts": self.attempts,
             "last_checkpoint_step": self.last_checkpoint_step,
+            "run_workers": self.run_workers or self.workers if self.state is JobState.RUNNING else None,
+            "nodes": self.worker_nodes if self.state is JobState.RUNNING else [],
         }

@@ -22,6 +22,20 @@ def _batch_divides(t: TrainingSpec, r: ResourcesSpec) -> list[Problem]:
     ]
 
 
+def _elastic_range(t: TrainingSpec, r: ResourcesSpec) -> list[Problem]:
+    if r.min_workers is None:
+        return []
+    if r.min_workers > r.workers:
+        return [f"resources.min_workers: {r.min_workers} is more than resources.workers ({r.workers}) — set "
+                f"min_workers between 1 and {r.workers}, or remove it for a rigid job"]
+    per_step = t.micro_batch_size * r.min_workers
+    if t.global_batch_size % per_step:
+        return [f"resources.min_workers: training.global_batch_size {t.global_batch_size} is not divisible by "
+                f"training.micro_batch_size × min_workers = {per_step}, so the job could not keep its global batch "
+                f"at that size — choose a min_workers that divides it"]
+    return []
+
+
 def _steps_or_epochs(t: TrainingSpec) -> list[Problem]:
     # warm-up, eval and checkpoint intervals longer than the run are capped, not refused
     # (:func:`lorafarm.spec.steps.cap_intervals`, applied by the preflight)
@@ -59,6 +73,7 @@ def _eval_source(d: DatasetSpec) -> list[Problem]:
 # (sections read, rule)
 RULES: list[tuple[tuple[str, ...], Callable[..., list[Problem]]]] = [
     (("training", "resources"), _batch_divides),
+    (("training", "resources"), _elastic_range),
     (("training",), _steps_or_epochs),
     (("lora",), _targets),
     (("zero", "resources"), _precision_device),

@@ -132,6 +132,23 @@ class ResourcesSpec(_Section):
     workers: int = Field(1, ge=1, le=4096, description="Ray Train workers (one DeepSpeed rank each).")
     gpus_per_worker: float = Field(0, ge=0, le=16, description="GPUs per worker; 0 trains on CPU.")
     cpus_per_worker: float = Field(1, gt=0, le=1024, description="Logical CPUs reserved per worker.")
+    min_workers: int | None = Field(
+        None, ge=1, le=4096, description="Elastic jobs: the fewest workers the job may shrink to when a node is "
+        "lost (default: workers, i.e. rigid); it grows back to workers when capacity returns.",
+    )
+    placement: Literal["pack", "spread"] = Field(
+        "pack", description="pack: fewest nodes (the all-reduce stays inside a node where it can); spread: one "
+        "worker per node where possible.",
+    )
+    accelerator_type: str | None = Field(
+        None, min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$",
+        description="Run only on nodes with this accelerator (Ray's accelerator_type resource, e.g. H100).",
+    )
+
+    @property
+    def least_workers(self) -> int:
+        """The smallest size the job may run at (``min_workers``, else ``workers``)."""
+        return self.min_workers if self.min_workers is not None else self.workers
 
 
 class JobSpec(_Section):

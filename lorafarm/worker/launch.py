@@ -80,10 +80,11 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
     store.write_spec(spec.tenant, job_id, spec)
 
     notify(Phase("preparing data"))
-    prepared = prepare(spec, str(resolve_base(spec.base_model)), store)
+    prepared = prepare(spec, str(resolve_base(spec.base_model)), store,
+                       on_progress=lambda line: notify(Phase(line)))  # rows/s and ETA while tokenizing
     notify(DataReady(stats=prepared.stats, cache_hit=prepared.cache_hit))
 
-    progress = Queue(actor_options={"num_cpus": 0})
+    progress = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": _this_node()})
     cfg = WorkerConfig(
         spec=spec,
         job_id=job_id,
@@ -153,6 +154,12 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
                       manifest=done.manifest)
 
 
+# resources.placement -> Ray's placement group strategy. The soft strategies, not STRICT_*: the
+# scheduler admits a gang only where its workers fit (node-aware), and a strict strategy would leave
+# a gang unplaced whenever Ray's view lags (or, for spread, whenever workers outnumber nodes).
+PLACEMENT_STRATEGY = {"pack": "PACK", "spread": "SPREAD"}
+
+
 def _trainer(cfg: WorkerConfig, max_failures: int):
     """Ray Train's controller for the job: ``resources.workers`` ranks of the recipe."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
@@ -168,7 +175,8 @@ def _trainer(cfg: WorkerConfig, max_failures: int):
         train_loop_per_worker,
         train_loop_config={"worker": cfg},
         scaling_config=ScalingConfig(
-            num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources
+            num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources,
+            placement_strategy=PLACEMENT_STRATEGY[r.placement], accelerator_type=r.accelerator_type,
         ),
         run_config=RunConfig(
             name=cfg.job_id,
@@ -176,6 +184,14 @@ def _trainer(cfg: WorkerConfig, max_failures: int):
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
+
+
+def _this_node():
+    """Pin to the caller's node: the job's event queue must not die with a worker node."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    return NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=False)
 
 
 def _reason(exc: BaseException | None) -> str | None:

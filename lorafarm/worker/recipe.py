@@ -486,12 +486,26 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     rank, world = distributed_env_from_ray()
     recipe = LoraRecipe(cfg, rank, world)
-    recipe.send(GroupStarted(world_size=world, placement_group=_placement_group_id()))
+    recipe.send(GroupStarted(world_size=world, placement_group=_placement_group_id(), nodes=_rank_nodes(world)))
     try:
         recipe.run()
     except LorafarmError as e:
         recipe.send(WorkerError(reason=str(e)))
         if isinstance(e, StorageError):
+def _rank_nodes(world: int) -> tuple[tuple[str, str], ...]:
+    """(Ray node id, IP) of every rank, gathered over the worker group's process group (Ray
+    Train sets it up before the loop), so the scheduler knows which nodes the job holds."""
+    import ray
+    import torch.distributed as dist
+
+    me = (ray.get_runtime_context().get_node_id(), ray.util.get_node_ip_address())
+    if world == 1 or not dist.is_initialized():
+        return (me,)
+    out: list[Any] = [None] * world
+    dist.all_gather_object(out, me)
+    return tuple(tuple(x) for x in out)
+
+
             raise
     except Exception as e:
         recipe.send(WorkerError(reason=f"{type(e).__name__}: {e}", retryable=True))
