@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ..events import Done, Event, GroupStarted, Preempted, Resumed, Step, WorkerError
 from ..spec import JobSpec, resume_digest, resume_refusal, spec_digest, steps_per_epoch, total_steps
@@ -92,6 +91,7 @@ class LoraRecipe:
 
         from ..data import load_rows
         from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
+        from ..model.loss import TokenLoss
         from ..zero import build_engine, memory_report
 
         spec, t = self.spec, self.spec.training
@@ -105,6 +105,7 @@ class LoraRecipe:
         base = load_base(self.base_dir, dtype=self.dtype, gradient_checkpointing=spec.zero.gradient_checkpointing,
                          trust_remote_code=trust)
         self.model = apply_lora(base, spec.lora, seed=t.seed)
+        self.token_loss = TokenLoss(self.model)  # chunked over label tokens: never the full [seq, vocab] logits
 
         self.train_rows = load_rows(self.cfg.train_rows_uri)
         self.eval_rows = load_rows(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
@@ -323,16 +324,7 @@ class LoraRecipe:
 
     def _token_loss_sum(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         """Sum of per-token cross entropy over label tokens (labels are pre-shifted)."""
-        out = self.engine(
-            input_ids=inputs["input_ids"],
-            attention_mask=inputs["attention_mask"],
-            position_ids=inputs["position_ids"],
-            use_cache=False,
-        )
-        logits = out.logits.float()
-        return F.cross_entropy(
-            logits.reshape(-1, logits.shape[-1]), inputs["labels"].reshape(-1), ignore_index=-100, reduction="sum"
-        )
+        return self.token_loss(self.engine, inputs)
 
     def _memory_totals(self, mine: dict[str, Any]) -> dict[str, Any]:
         opt_bytes, opt_numel = self._all_sum([float(mine["optimizer_state_bytes"]), float(mine["optimizer_numel"])])
