@@ -20,6 +20,7 @@ STATES = ("QUEUED", "RUNNING", "SUCCEEDED", "FAILED", "CANCELLED")
 WAIT_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400)
 DURATION_BUCKETS = (10, 30, 60, 120, 300, 600, 1800, 3600, 7200, 21600, 86400, 259200)
 STEP_BUCKETS = (0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120)
+ESTIMATE_RATIO_BUCKETS = (0.25, 0.5, 0.67, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5, 2, 4)
 
 
 class Metrics:
@@ -76,6 +77,9 @@ class Metrics:
         self.decisions = Counter("lorafarm_scheduler_decisions_total", "Admission decisions made", registry=r)
         self.decision_seconds = Histogram("lorafarm_scheduler_decision_seconds", "Time of one admission decision",
                                           buckets=(1e-5, 1e-4, 1e-3, 5e-3, 0.01, 0.05, 0.1, 0.5, 1), registry=r)
+        # estimated ÷ measured training time of each ended run (1 = exact; lorafarm.estimate)
+        self.estimate_error = Histogram("lorafarm_estimate_error_ratio", "Estimated / actual training time of a run",
+                                        buckets=ESTIMATE_RATIO_BUCKETS, registry=r)
         self.up.set(1)
         self._job_series: dict[str, str] = {}  # job -> tenant, for removal
         self._per_job = (self.train_loss, self.eval_loss, self.tokens_per_s, self.job_step, self.job_total_steps,

@@ -11,13 +11,15 @@ report is applied in :mod:`.reports`; what tenants hold and are charged in :mod:
 from __future__ import annotations
 
 import collections
+import math
 import threading
 import time
 from typing import Any
 
 from ..auth import Caller, Forbidden
 from ..errors import JobNotFound, SpecError
-from ..events import Event, RunOutcome, RunState
+from ..estimate.live import LiveEstimates
+from ..events import Event, RunOutcome, RunState, Step
 from ..metrics import Metrics
 from ..policy import decide, job_priority, submission_problems
 from ..spec import TenantsConfig, validate_spec
@@ -53,7 +55,9 @@ class SchedulerCore:
         self.metrics = Metrics()
         self.chargeback = Chargeback(self.metrics, clock.now())
         self.nodes = NodeFollower()  # alive nodes at the last tick: losses resize or re-queue jobs
+        self.estimates = LiveEstimates(store.root)  # learned step times, persisted in <store>/_service
         self.recover()
+        self.estimates.learn_records(self.jobs.values())
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> None:
@@ -134,7 +138,7 @@ class SchedulerCore:
 
     def status(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:
-            return self._get(job_id, caller).summary()
+            return self._with_eta([self._get(job_id, caller).summary()])[0]
 
     def list(self, tenant: str | None = None, state: str | None = None, caller: Caller | None = None
              ) -> list[dict[str, Any]]:
@@ -146,8 +150,9 @@ class SchedulerCore:
                                 "that tenant's jobs (drop --tenant)")
             tenant = caller.tenant
         with self.lock:
-            return [j.summary() for j in sorted(self.jobs.values(), key=lambda j: j.submitted_at)
-                    if (tenant is None or j.tenant == tenant) and (state is None or j.state.value == state.upper())]
+            return self._with_eta([
+                j.summary() for j in sorted(self.jobs.values(), key=lambda j: j.submitted_at)
+                if (tenant is None or j.tenant == tenant) and (state is None or j.state.value == state.upper())])
 
     def events(self, job_id: str, caller: Caller | None = None) -> list[dict[str, Any]]:
         with self.lock:
@@ -167,7 +172,8 @@ class SchedulerCore:
             now = self.clock.now()
             record.note(now, EventKind.CANCEL_REQUESTED, "cancel requested")
             stopped = self.launcher.kill(job_id)
-            self.live.pop(job_id, None)
+            if self.live.pop(job_id, None) is not None:
+                self._estimate_ended(record)
             self._release(record)
             record.transition(JobState.CANCELLED, now, message="cancelled by request" + (
                 "; workers stopped" if stopped else ""))
@@ -190,6 +196,8 @@ class SchedulerCore:
                 return
             now = self.clock.now()
             run.last_progress = now
+            if isinstance(event, Step):
+                self.estimates.step(record, event.step, event.step_time_s, event.total_steps, event.total_params)
             if apply_event(event, record, run, self.metrics, lambda line: self._log(job_id, line), now):
                 self.records.save(record)
 
@@ -233,6 +241,8 @@ class SchedulerCore:
             if record.state.is_terminal():
                 return  # cancelled meanwhile: terminal states never change
             now = self.clock.now()
+            if not (outcome.state is RunState.PREEMPTED and run is not None and run.growing):
+                self._estimate_ended(record)
             if outcome.state is RunState.PREEMPTED and run is not None and run.growing:
                 record.last_checkpoint_step = outcome.step
                 self._resize(record, now, f"capacity returned: growing at checkpoint step {outcome.step}")
@@ -265,7 +275,7 @@ class SchedulerCore:
             now = self.clock.now()
             running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
             t0 = time.perf_counter()  # the decision's own cost (a duration, not the clock)
-            decision = decide([j.request() for j in queued], running, self.capacity.cluster(running), self.tenants,
+            decision = decide([j.request(self.estimates.queued_estimate(j)) for j in queued], running, self.capacity.cluster(running), self.tenants,
                               now)
             self.metrics.decisions.inc()
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
@@ -280,6 +290,7 @@ class SchedulerCore:
     def _start(self, record: JobRecord, now: float, placement=()) -> None:
         if not self._launch(record, now, record.workers, placement):
             return
+        record.estimate = {"at_start_s": self.estimates.started(record)}
         record.attempts += 1
         self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, now - record.submitted_at))
         record.transition(JobState.RUNNING, now, EventKind.STARTED,
@@ -297,7 +308,8 @@ class SchedulerCore:
             return False
         if workers != spec.resources.workers:  # an elastic job on fewer workers: same global batch
             spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"workers": workers})})
-        self.launcher.start(record.job_id, spec, self.store.root)
+        pinned = {"placement": tuple(placement)} if placement else {}  # only per-node clusters have one
+        self.launcher.start(record.job_id, spec, self.store.root, **pinned)
         self.live[record.job_id] = LiveRun(last_progress=now)
         record.placement_groups = []
         record.placement = [(n, k) for n, k in placement]
@@ -419,6 +431,34 @@ class SchedulerCore:
         record.note(now, EventKind.PREEMPTING, f"preempting for higher-priority job {for_job}: checkpoint, then re-queue")
         self._log(record.job_id, f"preempting for {for_job}")
         self.records.save(record)
+
+    # ---------------------------------------------------------------- estimates
+    def _estimate_ended(self, record: JobRecord) -> None:
+        """A run ended: the estimator learns from it; estimate vs actual goes on the record and
+        into ``lorafarm_estimate_error_ratio``."""
+        figures = self.estimates.finished(record, (record.estimate or {}).get("at_start_s"))
+        if figures:
+            record.estimate = {**record.estimate, **figures}
+            self.metrics.estimate_error.observe(figures["ratio"])
+
+    def _with_eta(self, summaries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """``summaries`` with ``eta_start`` (queued) and ``eta_end`` (queued and running), from
+        the queue ahead and the estimates (:mod:`lorafarm.estimate.eta`); None when unknown."""
+        if not any(s["state"] in ("QUEUED", "RUNNING") for s in summaries):
+            return [{**s, "eta_start": None, "eta_end": None} for s in summaries]
+        cluster = self.capacity.cluster(())
+        now = self.clock.now()
+        classes, fallback = self.tenants.priority_classes, self.tenants.priority_value(self.tenants.default_priority)
+        etas = self.estimates.etas(
+            self.jobs.values(), now, cluster.total_cpus, cluster.total_gpus,
+            lambda r: (-classes.get(r.priority, fallback), self.estimates.queued_estimate(r) or math.inf,
+                       r.submitted_at, r.job_id))
+        out = []
+        for s in summaries:
+            start, end = etas.get(s["job_id"], (None, None))
+            out.append({**s, "eta_start": start if s["state"] == "QUEUED" else None,
+                        "eta_end": end if s["state"] in ("QUEUED", "RUNNING") else None})
+        return out
 
     # ---------------------------------------------------------------- helpers
     def _get(self, job_id: str, caller: Caller | None = None) -> JobRecord:

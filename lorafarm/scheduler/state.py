@@ -88,6 +88,9 @@ class JobRecord(BaseModel):
     attempts: int = 0
     placement_groups: list[str] = Field(default_factory=list)  # hex ids of the current run's worker groups
     last_checkpoint_step: int | None = None
+    # the estimator's figures (lorafarm.estimate): at_start_s (estimated run time when the run
+    # started), then estimate_s / actual_s / ratio when it ended (training time, estimate vs measured)
+    estimate: dict[str, Any] = Field(default_factory=dict)
     run_workers: int | None = None  # workers of the current run when an elastic job runs smaller than ``workers``
     placement: list[tuple[str, int]] = Field(default_factory=list)  # (node id, workers there) of the current run
     worker_nodes: list[dict[str, Any]] = Field(default_factory=list)  # per rank: node_id, ip (as workers report)
@@ -119,12 +122,13 @@ class JobRecord(BaseModel):
         """The fewest workers it may run on (``resources.min_workers``; rigid: ``workers``)."""
         return (self.spec.get("resources") or {}).get("min_workers") or self.workers
 
-    def request(self) -> JobRequest:
-        """The job as the policy sees it while queued."""
+    def request(self, estimated_duration: float | None = None) -> JobRequest:
+        """The job as the policy sees it while queued (``estimated_duration``: the estimator's)."""
         r = self.spec.get("resources") or {}
         return JobRequest(job_id=self.job_id, tenant=self.tenant, workers=self.workers,
                           cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
                           priority=self.priority, submitted_at=self.submitted_at,
+                          estimated_duration=estimated_duration,
                           spread=r.get("placement") == "spread", accelerator_type=r.get("accelerator_type"))
 
     def running(self, now: float) -> RunningJob:
@@ -153,6 +157,7 @@ class JobRecord(BaseModel):
             "metrics": self.metrics,
             "attempts": self.attempts,
             "last_checkpoint_step": self.last_checkpoint_step,
+            "estimate": self.estimate,
             "run_workers": self.run_workers or self.workers if self.state is JobState.RUNNING else None,
             "nodes": self.worker_nodes if self.state is JobState.RUNNING else [],
         }
