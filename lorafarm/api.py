@@ -135,11 +135,13 @@ def pull(adapter_uri: str, dest: str | Path, force: bool = False) -> dict[str, A
     return download(adapter_uri, dest, force=force)
 
 
-def merge(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0, force: bool = False) -> Path:
-    """Write ``base`` (default: the manifest's) with the adapter merged in, as a HF directory."""
+def merge(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0, force: bool = False,
+          trust_remote_code: bool = False) -> Path:
+    """Write ``base`` (default: the manifest's) with the adapter merged in, as a HF directory; the
+    base's own code runs only with ``trust_remote_code``, whatever the manifest says."""
     from .adapter.merge import merge_adapter
 
-    return merge_adapter(adapter, outdir, base=base, scale=scale, force=force)
+    return merge_adapter(adapter, outdir, base=base, scale=scale, force=force, trust_remote_code=trust_remote_code)
 
 
 BUILT_IN_MODELS = ("tiny-llama",)

@@ -37,3 +37,27 @@ def test_try_says_so_in_one_line(remote_code_adapter):
                           "--prompt", "Ahoy"], cwd=ROOT, env=env, text=True, capture_output=True, timeout=300)
     assert out.returncode == 1 and "Traceback" not in out.stderr
     assert "pass --trust-remote-code" in out.stderr and "mallory" not in out.stdout
+
+
+def test_merge_refuses_a_manifests_remote_code_unless_the_flag_is_given(remote_code_adapter, tmp_path):
+    from lorafarm.api import merge
+
+    with pytest.raises(AdapterError, match="trained with trust_remote_code.*pass --trust-remote-code"):
+        merge(str(remote_code_adapter), str(tmp_path / "refused"))
+    assert not (tmp_path / "refused").exists()
+    out = merge(str(remote_code_adapter), str(tmp_path / "merged"), trust_remote_code=True)
+    assert (out / "config.json").exists()
+
+
+def test_pull_only_copies_files_and_never_loads_the_base(remote_code_adapter, tmp_path, monkeypatch):
+    import lorafarm.model.load as load
+    from lorafarm.api import pull
+
+    def refuse(*_a, **_k):
+        raise AssertionError("pull loaded a model")
+
+    monkeypatch.setattr(load, "load_base", refuse)
+    monkeypatch.setattr(load, "load_tokenizer", refuse)
+    manifest = pull(str(remote_code_adapter), tmp_path / "copy")
+    assert manifest["spec"]["trust_remote_code"] is True
+    assert {"adapter_model.safetensors", "adapter_config.json"} <= {p.name for p in (tmp_path / "copy").iterdir()}

@@ -24,7 +24,9 @@ def check_scale(scale: float, flag: str = "--scale") -> float:
 
 
 def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: float = 1.0,
-                  force: bool = False) -> Path:
+                  force: bool = False, trust_remote_code: bool = False) -> Path:
+    """A manifest saying its job trusted remote code is someone else's word, never consent: the
+    base's own code runs only with ``trust_remote_code`` (``--trust-remote-code``)."""
     scale = check_scale(scale)
     out = check_output_dir(outdir, force, "OUTDIR")
 
@@ -37,9 +39,12 @@ def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: flo
         src = normalize(adapter)
         manifest = pull(src, local, what="ADAPTER")
         base_name = base or manifest["base_model"]
+        if (manifest.get("spec") or {}).get("trust_remote_code") and not trust_remote_code:
+            raise AdapterError(f"adapter {adapter} was trained with trust_remote_code: its base {base_name!r} runs "
+                               "code from its own repository — pass --trust-remote-code if you trust that base")
         base_dir = resolve_base(base_name)
         try:
-            model = PeftModel.from_pretrained(load_base(base_dir), str(local))
+            model = PeftModel.from_pretrained(load_base(base_dir, trust_remote_code=trust_remote_code), str(local))
         except RuntimeError as e:  # PEFT's load_state_dict: the adapter's shapes are not the base's
             if "size mismatch" not in str(e):
                 raise
@@ -59,7 +64,7 @@ def merge_adapter(adapter: str, outdir: str, base: str | None = None, scale: flo
                              f"{bad[0]}) — use a smaller scale"])
         with output_dir(out, force, "OUTDIR") as tmp_out:
             merged.save_pretrained(tmp_out, safe_serialization=True)
-            load_tokenizer(base_dir).save_pretrained(tmp_out)
+            load_tokenizer(base_dir, trust_remote_code=trust_remote_code).save_pretrained(tmp_out)
     return out
 
 

@@ -51,6 +51,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--force", action="store_true", help="replace OUTDIR if it is a non-empty directory")
     p.add_argument("--base", help="base model directory (default: the manifest's base_model)")
     p.add_argument("--scale", type=float, default=1.0, help="adapter strength (multiplies alpha/r)")
+    p.add_argument("--trust-remote-code", action="store_true",
+                   help="let the base model run code from its own repository (never enabled by a manifest)")
     p.set_defaults(handler=merge)
 
     p = sub.add_parser("models", help="built-in models")
@@ -166,7 +168,8 @@ def pull(args: argparse.Namespace, console: Console) -> int:
 
 
 def merge(args: argparse.Namespace, console: Console) -> int:
-    out = api.merge(args.adapter, args.outdir, base=args.base, scale=args.scale, force=args.force)
+    out = api.merge(args.adapter, args.outdir, base=args.base, scale=args.scale, force=args.force,
+                    trust_remote_code=args.trust_remote_code)
     console.print(f"merged model written to {out}")
     return EXIT_OK
 
