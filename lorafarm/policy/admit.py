@@ -54,9 +54,9 @@ def _cluster_reasons(job: JobRequest | RunningJob, capacity: ClusterState | Mapp
                                           (job.workers * job.cpus_per_worker, total_cpus, job.cpus_per_worker, "CPUs")):
         if need > total + EPS:
             out.append(f"needs {_need(job, per_worker, unit)} but the whole cluster has {total:g}")
-    if out or not nodes:
+    if not nodes:
         return out
-    return _node_reasons(job, nodes)
+    return _node_reasons(job, nodes) or out  # node shapes are the stricter test, and name the field
 
 
 def _node_reasons(job: JobRequest | RunningJob, nodes) -> list[str]:

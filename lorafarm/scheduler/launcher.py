@@ -22,7 +22,8 @@ class RayLauncher:
         self._runs: dict[str, tuple[Any, Any]] = {}  # job id -> (runner actor, ref of its run())
         self._lock = threading.Lock()  # cancel (an API thread) and the admission loop both use it
 
-    def start(self, job_id: str, spec: JobSpec, store_root: str) -> None:
+    def start(self, job_id: str, spec: JobSpec, store_root: str, placement=()) -> None:
+        """Start the job's runner; ``placement`` (node id, workers) pins its workers to those nodes."""
         # on the scheduler's node: a runner (and the Ray Train controller it owns) must outlive the
         # loss of any worker node, so that the scheduler can resize or re-queue the job
         here = NodeAffinitySchedulingStrategy(node_id=ray.get_runtime_context().get_node_id(), soft=True)
@@ -36,7 +37,7 @@ class RayLauncher:
                 time.sleep(0.1)
         if runner is None:
             runner = Runner.options(namespace=NAMESPACE, scheduling_strategy=here).remote()
-        ref = runner.run.remote(spec, store_root, job_id, self.scheduler_handle)
+        ref = runner.run.remote(spec, store_root, job_id, self.scheduler_handle, tuple(placement))
         with self._lock:
             self._runs[job_id] = (runner, ref)
 

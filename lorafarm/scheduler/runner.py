@@ -21,7 +21,7 @@ class Runner:
     def __init__(self) -> None:
         self._stop = threading.Event()
 
-    def run(self, spec: JobSpec, store_root: str, job_id: str, scheduler_handle) -> RunOutcome:
+    def run(self, spec: JobSpec, store_root: str, job_id: str, scheduler_handle, placement=()) -> RunOutcome:
         """Train ``spec`` as job ``job_id``, reporting each event to the scheduler as it comes
         (``scheduler_handle.report.remote(job_id, event)``); how the run ended. Never raises."""
         from ..errors import JobFailed
@@ -34,7 +34,8 @@ class Runner:
 
         me = ray.get_runtime_context().current_actor
         try:
-            return run_job(spec, Store.open(store_root), job_id=job_id, on_progress=on_progress, control=me)
+            return run_job(spec, Store.open(store_root), job_id=job_id, on_progress=on_progress, control=me,
+                           placement=tuple(placement))
         except JobFailed as e:
             return RunOutcome.failed(e.reason)
         except Exception as e:  # noqa: BLE001 - any failure ends this job only

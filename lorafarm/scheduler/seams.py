@@ -28,8 +28,9 @@ class SystemClock:
 class Launcher(Protocol):
     """Starts one runner per running job and tells how it ended."""
 
-    def start(self, job_id: str, spec: JobSpec, store_root: str) -> None:
-        """Start the job's runner; it reports events to the scheduler as it trains."""
+    def start(self, job_id: str, spec: JobSpec, store_root: str, placement=()) -> None:
+        """Start the job's runner; it reports events to the scheduler as it trains. ``placement``
+        ((node id, workers), ...), given only on a per-node cluster, is where its workers must run."""
         ...
 
     def poll(self, job_id: str) -> RunOutcome | None:

@@ -46,6 +46,7 @@ def run_job(
     on_progress: ProgressFn | None = None,
     max_failures: int | None = None,
     control: Any = None,
+    placement: tuple[tuple[str, int], ...] = (),
 ) -> RunOutcome:
     """Run ``spec`` to a published adapter: a SUCCEEDED outcome with its URI, metrics and
     manifest. Raises :class:`JobFailed` with the reason for any failure after the spec was
@@ -54,12 +55,13 @@ def run_job(
     A ``job_id`` whose directory holds checkpoints resumes from the latest one. Worker failures
     are survived ``max_failures`` times (default: ``training.max_failures``) by restarting the
     worker group from the latest checkpoint. ``control`` (an actor with ``stop_requested()``)
-    lets the caller preempt the job: it checkpoints and the outcome is PREEMPTED at its step."""
+    lets the caller preempt the job: it checkpoints and the outcome is PREEMPTED at its step.
+    ``placement`` ((Ray node id, workers), ...: the scheduler's plan) pins each worker to its node."""
     if max_failures is None:
         max_failures = spec.training.max_failures
     try:
         return _run_job(spec, store, job_id=job_id or new_job_id(spec.name), notify=on_progress or (lambda _e: None),
-                        max_failures=max_failures, control=control)
+                        max_failures=max_failures, control=control, placement=placement)
     except JobFailed:
         raise
     except LorafarmError as e:
@@ -67,7 +69,7 @@ def run_job(
 
 
 def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, max_failures: int,
-             control: Any) -> RunOutcome:
+             control: Any, placement: tuple[tuple[str, int], ...] = ()) -> RunOutcome:
     import ray
     from ray.util.queue import Queue
 
@@ -99,7 +101,7 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
         env=forwarded_env(),
         control=control,
     )
-    trainer = _trainer(cfg, max_failures)
+    trainer = _trainer(cfg, max_failures, placement)
     notify(Phase(f"starting {spec.resources.workers} worker(s)"))
     fit_error: list[BaseException] = []
     finished = threading.Event()
@@ -160,7 +162,7 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
 PLACEMENT_STRATEGY = {"pack": "PACK", "spread": "SPREAD"}
 
 
-def _trainer(cfg: WorkerConfig, max_failures: int):
+def _trainer(cfg: WorkerConfig, max_failures: int, placement: tuple[tuple[str, int], ...] = ()):
     """Ray Train's controller for the job: ``resources.workers`` ranks of the recipe."""
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -177,6 +179,7 @@ def _trainer(cfg: WorkerConfig, max_failures: int):
         scaling_config=ScalingConfig(
             num_workers=r.workers, use_gpu=r.gpus_per_worker > 0, resources_per_worker=resources,
             placement_strategy=PLACEMENT_STRATEGY[r.placement], accelerator_type=r.accelerator_type,
+            label_selector=_pinned(placement, r.workers),
         ),
         run_config=RunConfig(
             name=cfg.job_id,
@@ -184,6 +187,13 @@ def _trainer(cfg: WorkerConfig, max_failures: int):
             failure_config=FailureConfig(max_failures=max_failures),
         ),
     )
+
+
+def _pinned(placement: tuple[tuple[str, int], ...], workers: int) -> list[dict[str, str]] | None:
+    """One label selector per worker pinning it to the node the scheduler planned for it, so
+    Ray places the gang exactly where the scheduler counted it (None: no plan)."""
+    selectors = [{"ray.io/node-id": node} for node, n in placement for _ in range(n)]
+    return selectors if len(selectors) == workers else None
 
 
 def _this_node():
