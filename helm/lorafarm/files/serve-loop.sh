@@ -14,7 +14,7 @@
 # restarts this container too, which starts again at step 1.
 #
 # Environment (set by the chart): RAY_ADDRESS (GCS, <pod-ip>:6379), LORAFARM_STORE,
-# LORAFARM_TENANTS (file, optional), LORAFARM_METRICS_PORT, LORAFARM_HANG_TIMEOUT,
+# LORAFARM_TENANTS (file, optional), LORAFARM_METRICS_PORT, LORAFARM_API_PORT (optional), LORAFARM_HANG_TIMEOUT,
 # LORAFARM_RESERVE_CPUS, CHECK_INTERVAL_SECONDS, RESTART_ON_CONFIG_CHANGE (true|false),
 # RAY_DASHBOARD_URL (default http://127.0.0.1:8265), POD_IP, and RAY_AUTH_* for token auth.
 set -uo pipefail
@@ -35,6 +35,7 @@ nap() { sleep "$1" & sleeper=$!; wait "$sleeper" 2>/dev/null; sleeper=""; }
 serve_args=(serve --store "${LORAFARM_STORE:?LORAFARM_STORE is not set}")
 serve_args+=(--hang-timeout "${LORAFARM_HANG_TIMEOUT:-1800}" --reserve-cpus "${LORAFARM_RESERVE_CPUS:-0}")
 if [ -n "${LORAFARM_METRICS_PORT:-}" ]; then serve_args+=(--metrics-port "$LORAFARM_METRICS_PORT"); fi
+if [ -n "${LORAFARM_API_PORT:-}" ]; then serve_args+=(--api-port "$LORAFARM_API_PORT"); fi
 if [ -n "$tenants" ]; then serve_args+=(--tenants "$tenants"); fi
 
 tenants_digest() {

@@ -62,6 +62,20 @@ ray.io/node-type: head
 {{- end -}}
 {{- end -}}
 
+{{/* The tenants volume: the Secret (tenants.existingSecret) or the ConfigMap. */}}
+{{- define "lorafarm.tenantsVolume" -}}
+{{- if .Values.tenants.existingSecret -}}
+secret:
+  secretName: {{ .Values.tenants.existingSecret }}
+  items:
+    - key: tenants.yaml
+      path: tenants.yaml
+{{- else -}}
+configMap:
+  name: {{ include "lorafarm.tenantsConfigMapName" . }}
+{{- end -}}
+{{- end -}}
+
 {{- define "lorafarm.tenantsConfigMapName" -}}
 {{- default (printf "%s-tenants" (include "lorafarm.fullname" .)) .Values.tenants.existingConfigMap -}}
 {{- end -}}
@@ -194,6 +208,15 @@ affinity:
 {{- end -}}
 {{- if and (not .Values.ray.auth.enabled) (or .Values.ray.auth.existingSecret .Values.ray.auth.token) -}}
 {{- fail "ray.auth: existingSecret/token are set but ray.auth.enabled is false — remove them, or set enabled: true" -}}
+{{- end -}}
+{{- if and .Values.ingress.api.enabled (not (and .Values.scheduler.enabled .Values.scheduler.api.enabled)) -}}
+{{- fail "ingress.api.enabled: true but the API is off — set scheduler.enabled and scheduler.api.enabled: true" -}}
+{{- end -}}
+{{- if and .Values.ingress.api.enabled (not .Values.ingress.api.host) -}}
+{{- fail "ingress.api.host: empty while ingress.api.enabled is true — set the host name tenants reach the API at" -}}
+{{- end -}}
+{{- if and .Values.scheduler.api.enabled (eq (int .Values.scheduler.api.port) (int .Values.scheduler.metricsPort)) -}}
+{{- fail "scheduler.api.port: the same as scheduler.metricsPort — give the API its own port" -}}
 {{- end -}}
 {{- if and .Values.ray.auth.existingSecret .Values.ray.auth.token -}}
 {{- fail "ray.auth: set either existingSecret or token, not both — the token would be ignored" -}}
