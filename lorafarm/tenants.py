@@ -6,6 +6,7 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
     priority_classes: {low: 0, normal: 100, high: 1000}   # name -> integer value, higher first
     default_priority: normal        # class of a job that names none (a tenant may override it)
     unknown_tenants: default        # default: tenants not listed use `tenants.default`; reject: refuse them
+    admin_keys: [sha256:…]          # digests of operators' API keys: every tenant's jobs, `run --direct`, reloads
     policy:
       aging_per_hour: 100           # priority points a queued job gains per hour of waiting
       backfill: true                # start smaller jobs around a blocked head without delaying it
@@ -21,6 +22,14 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
         priorities: [low, normal, high]   # classes this tenant may use (absent = all)
         default_priority: normal
         allow_trust_remote_code: false
+        keys: [sha256:…]            # digests of this tenant's API keys (absent everywhere = keys off, one team)
+        allowed_uris: [s3://datasets/acme/, /shared/models/]   # prefixes its specs may read (absent = anywhere
+                                    # outside other tenants' store prefixes; its own prefix is always allowed)
+
+API keys: ``python -m lorafarm.auth`` prints a new key and its ``sha256:`` digest; only the
+digest goes in this file. Clients send the key from ``LORAFARM_API_KEY`` or ``--key-file``; the
+scheduler maps it to its tenant, refuses specs naming another tenant, and shows each tenant only
+its own jobs. With no keys listed, ``lorafarm serve`` warns that tenants are unauthenticated.
 
 The schema and loader live in :mod:`lorafarm.spec.tenants`; this module is their public name.
 Importable without Ray or torch: the pure ``policy`` and the CLI read it too.
