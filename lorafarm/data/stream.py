@@ -146,7 +146,7 @@ def encode_unit(unit: Unit, spec: JobSpec, tokenizer_dir: str, root: str) -> dic
                 kept[split].append((e["input_ids"], e["labels"]))
     except (DataError, StorageError) as e:
         return {"uid": unit.uid, "error": str(e), "storage": isinstance(e, StorageError), "lines": counts["lines"]}
-    out: dict[str, Any] = {"uid": unit.uid, "error": None, "lines": counts["lines"], "bad": dataclasses.asdict(bad)}
+    out: dict[str, Any] = {"uid": unit.uid, "error": None, "lines": counts["lines"], "bad": {"skipped": bad.skipped, "problems": dict(bad.problems), "examples": list(bad.examples)}}
     for split in ("train", "eval"):
         packed = to_rows(kept[split], t.seq_len, t.packing)
         if packed:

@@ -87,9 +87,7 @@ class LoraRecipe:
 
     # ---------------------------------------------------------------- setup
     def setup(self) -> None:
-        import pyarrow.compute as pc
-
-        from ..data import load_rows
+        from ..data.rows import RowSource
         from ..model import apply_lora, load_base, load_tokenizer, resolve_base, weights_digest
         from ..model.loss import TokenLoss
         from ..zero import build_engine, memory_report
@@ -107,12 +105,13 @@ class LoraRecipe:
         self.model = apply_lora(base, spec.lora, seed=t.seed)
         self.token_loss = TokenLoss(self.model)  # chunked over label tokens: never the full [seq, vocab] logits
 
-        self.train_rows = load_rows(self.cfg.train_rows_uri)
-        self.eval_rows = load_rows(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
-        self.n_labels = self.train_rows.column("n_labels").to_numpy()
+        # rows are read from the sharded cache as the steps need them (bounded cache, prefetch): never all held
+        self.train_rows = RowSource(self.cfg.train_rows_uri)
+        self.eval_rows = RowSource(self.cfg.eval_rows_uri) if self.cfg.eval_rows_uri else None
+        self.n_labels = self.train_rows.n_labels
         # dropout masks from (seed, step, row of the global batch), drawn for the longest row: the same on any
         # worker count and micro batch
-        longest = pc.max(pc.list_value_length(self.train_rows.column("input_ids"))).as_py() or 1
+        longest = self.train_rows.max_len or 1
         self.dropout_rows = DropoutRows(seed=t.seed, max_len=longest)
         seed_dropout_by_row(self.model, self.dropout_rows)
         self.total_steps = total_steps(t, steps_per_epoch(len(self.train_rows), t.global_batch_size))
@@ -200,6 +199,9 @@ class LoraRecipe:
         batch = global_batch(step, len(self.train_rows), t.global_batch_size, t.seed)
         label_tokens = int(self.n_labels[batch].sum())
         mine = worker_slice(batch, self.rank, self.world)
+        if step + 1 < self.total_steps:  # the next step's rows are read while this one computes
+            upcoming = global_batch(step + 1, len(self.train_rows), t.global_batch_size, t.seed)
+            self.train_rows.prefetch(worker_slice(upcoming, self.rank, self.world))
         offset = self.rank * len(mine)  # this rank's first row in the global batch
         loss_sum = torch.zeros((), dtype=torch.float64)
         tokens = 0
@@ -315,7 +317,7 @@ class LoraRecipe:
         """A device batch for these row indices, and its count of real (non-pad) tokens."""
         from ..data import collate
 
-        rows = self.train_rows.take(list(map(int, indices))).to_pylist()
+        rows = self.train_rows.take(indices)
         n_tokens = sum(len(r["input_ids"]) for r in rows)
         return self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype)), n_tokens
 
@@ -352,9 +354,9 @@ class LoraRecipe:
         for i in range(math.ceil(per_rank / m)):
             idx = mine[i * m : (i + 1) * m]
             if idx:
-                rows = self.eval_rows.take(idx).to_pylist()
+                rows = self.eval_rows.take(idx)
             else:  # keep the collective forward count equal; contributes no tokens
-                rows = [{**self.eval_rows.slice(0, 1).to_pylist()[0]}]
+                rows = self.eval_rows.take([0])
                 rows[0]["labels"] = [-100] * len(rows[0]["labels"])
             inputs = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
             loss_sum += self._token_loss_sum(inputs).double().cpu()
@@ -380,7 +382,7 @@ class LoraRecipe:
     def _probe_batch(self) -> dict[str, torch.Tensor]:
         from ..data import collate
 
-        rows = self.train_rows.slice(0, min(2, len(self.train_rows))).to_pylist()
+        rows = self.train_rows.take(range(min(2, len(self.train_rows))))
         b = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
         return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids")}
 
@@ -484,6 +486,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     except LorafarmError as e:
         recipe.send(WorkerError(reason=str(e)))
         if isinstance(e, StorageError):
+            raise
+    except Exception as e:
+        recipe.send(WorkerError(reason=f"{type(e).__name__}: {e}", retryable=True))
+        raise
+
+
 def _rank_nodes(world: int) -> tuple[tuple[str, str], ...]:
     """(Ray node id, IP) of every rank, gathered over the worker group's process group (Ray
     Train sets it up before the loop), so the scheduler knows which nodes the job holds."""
@@ -496,12 +504,6 @@ def _rank_nodes(world: int) -> tuple[tuple[str, str], ...]:
     out: list[Any] = [None] * world
     dist.all_gather_object(out, me)
     return tuple(tuple(x) for x in out)
-
-
-            raise
-    except Exception as e:
-        recipe.send(WorkerError(reason=f"{type(e).__name__}: {e}", retryable=True))
-        raise
 
 
 def _placement_group_id() -> str | None:
