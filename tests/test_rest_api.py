@@ -96,6 +96,8 @@ def test_bad_bodies_get_400_with_the_clis_field_lines_and_a_huge_body_413(api):
     assert r.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in r.json()["error"]
     chunked = requests.post(url, data=iter([b"{" + b" " * 65536] * 20), headers=h, timeout=30)  # no Content-Length
     assert chunked.status_code == 413
+    r = requests.get(f"{api.url}/v1/jobs/x/logs", params={"offset": "abc"}, headers=h, timeout=30)
+    assert r.status_code == 400 and r.json()["problems"][0].startswith("offset:")
     assert _all_jobs(api) == []
 
 

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field
 
@@ -98,6 +99,12 @@ def create_app(backend: Backend) -> FastAPI:
     @app.exception_handler(LorafarmError)
     def lorafarm_error(_request: Request, e: LorafarmError) -> JSONResponse:
         return _problem(status_of(e), e)
+
+    @app.exception_handler(RequestValidationError)
+    def bad_request(_request: Request, e: RequestValidationError) -> JSONResponse:
+        """A bad query parameter: 400, one line per parameter, like the CLI's field lines."""
+        lines = [f"{'.'.join(str(p) for p in err['loc'] if p != 'query')}: {err['msg']}" for err in e.errors()]
+        return _problem(400, SpecError(lines or ["request: malformed"]))
 
     @app.get("/healthz", include_in_schema=False)
     def healthz() -> dict[str, str]:
