@@ -271,6 +271,8 @@ class SchedulerCore:
         with self.lock:
             queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
             if not queued:
+                if any(j.run_workers for j in self.jobs.values() if j.state is JobState.RUNNING):
+                    self._grow_shrunk(self.clock.now())  # nothing waits: a shrunk job may grow back
                 return
             now = self.clock.now()
             running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
