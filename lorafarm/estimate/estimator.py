@@ -190,7 +190,8 @@ class Estimator:
         if run.recent:
             own = statistics.fmean(run.recent)
             w = len(run.recent) / (len(run.recent) + OWN_WEIGHT_STEPS)
-            step_s = own if shape is None else w * own + (1 - w) * shape.step_s
+            # blended with what other jobs of the shape measured; a prior never outweighs a measurement
+            step_s = own if shape is None or shape.source != "history" else w * own + (1 - w) * shape.step_s
         elif shape is not None:
             step_s = shape.step_s
         else:

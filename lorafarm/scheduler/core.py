@@ -447,7 +447,7 @@ class SchedulerCore:
         """``summaries`` with ``eta_start`` (queued) and ``eta_end`` (queued and running), from
         the queue ahead and the estimates (:mod:`lorafarm.estimate.eta`); None when unknown."""
         if not any(s["state"] in ("QUEUED", "RUNNING") for s in summaries):
-            return [{**s, "eta_start": None, "eta_end": None} for s in summaries]
+            return [{**s, "eta_start": None, "eta_end": None, "estimated_remaining_s": None} for s in summaries]
         cluster = self.capacity.cluster(())
         now = self.clock.now()
         classes, fallback = self.tenants.priority_classes, self.tenants.priority_value(self.tenants.default_priority)
@@ -458,8 +458,13 @@ class SchedulerCore:
         out = []
         for s in summaries:
             start, end = etas.get(s["job_id"], (None, None))
+            record = self.jobs.get(s["job_id"])
+            left = None if record is None else (self.estimates.queued_estimate(record) if s["state"] == "QUEUED"
+                                                else self.estimates.remaining(record) if s["state"] == "RUNNING"
+                                                else None)
             out.append({**s, "eta_start": start if s["state"] == "QUEUED" else None,
-                        "eta_end": end if s["state"] in ("QUEUED", "RUNNING") else None})
+                        "eta_end": end if s["state"] in ("QUEUED", "RUNNING") else None,
+                        "estimated_remaining_s": None if left is None else round(left, 3)})
         return out
 
     # ---------------------------------------------------------------- helpers
