@@ -1,6 +1,6 @@
 """Run every CPU benchmark and write one JSON file and one Markdown table.
 
-    .venv/bin/python bench/run_all.py --out bench/out [--quick] [--only throughput,zero,data,policy,metrics,checkpoint,scheduler]
+    .venv/bin/python bench/run_all.py --out bench/out [--quick] [--only throughput,matrix,loss_memory,zero,...]
 
 Each benchmark runs as its own subprocess (so one crash does not lose the others) and prints
 ``BENCH {json}`` lines (``policy_bench.py`` and ``metrics_bench.py`` print plain JSON lines,
@@ -30,6 +30,8 @@ def plan(quick: bool) -> dict[str, list[str]]:
     if quick:
         return {
             "throughput": [PY, b + "throughput_bench.py", "--reps", "3", "--steps", "5", "--no-scaling"],
+            "matrix": [PY, b + "shape_matrix.py", "--reps", "2", "--steps", "9"],
+            "loss_memory": [PY, b + "loss_memory_bench.py", "--reps", "1"],
             "zero": [PY, b + "zero_bench.py", "--stages", "1,2,3", "--precisions", "fp32", "--steps", "3"],
             "data": [PY, b + "data_bench.py", "--copies", "3", "--reps", "1"],
             "policy": [PY, b + "policy_bench.py", "--seconds", "1"],
@@ -38,6 +40,8 @@ def plan(quick: bool) -> dict[str, list[str]]:
         }
     return {
         "throughput": [PY, b + "throughput_bench.py", "--reps", "5", "--steps", "8"],
+        "matrix": [PY, b + "shape_matrix.py", "--reps", "3", "--steps", "17"],
+        "loss_memory": [PY, b + "loss_memory_bench.py", "--reps", "2"],
         "zero": [PY, b + "zero_bench.py", "--stages", "0,1,2,3", "--precisions", "fp32", "--steps", "4"],
         "data": [PY, b + "data_bench.py", "--copies", "10", "--reps", "3"],
         "policy": [PY, b + "policy_bench.py", "--seconds", "3"],
@@ -142,6 +146,14 @@ def markdown(results: dict) -> str:
             elif "generate_latest_ms_median" in r:
                 row("metrics", f"/metrics scrape, {r.get('jobs')} jobs", f"{r['generate_latest_ms_median']} ms, "
                     f"{r['payload_bytes'] / 1024:.1f} KiB", "", run)
+            elif kind == "loss_memory":
+                p = r["peak_step_bytes"]
+                row("loss memory", f"peak step memory chunked / full (vocab {r['vocab']:,}, seq {r['seq']})",
+                    f"{r['peak_ratio_chunked_over_full']:.3f}× ({p['chunked']['median'] / 2**20:,.0f} vs "
+                    f"{p['full']['median'] / 2**20:,.0f} MiB); loss {r['loss_rel_diff']:.1e}, grads "
+                    f"{r['grad_max_rel_diff']:.1e} rel", "≤ 0.3×; ≤ 1e-6 — " + ("met" if r["met"] else "MISSED"), run)
+            elif kind == "shape_matrix_cell":
+                continue  # its own table below
             elif kind == "checkpoint":
                 row("checkpoint", f"{r['case']}: size; save; load+verify",
                     f"{r['checkpoint_bytes'] / 1e6:.2f} MB ({r['bytes_per_param']:.2f} B/param); "
@@ -150,6 +162,12 @@ def markdown(results: dict) -> str:
                 v, d = r["via_scheduler_s"], r["direct_run_s"]
                 row("scheduler", r["what"], f"{v['median']:.1f} s vs {d['median']:.1f} s = {r['ratio_median']:.3f}× "
                     f"(+{r['overhead_s_median']:.2f} s; queued {r['queued_s_median']:.2f} s)", "", run)
+    cells = [r for run in results["runs"] for r in run["records"] if r.get("bench") == "shape_matrix_cell"]
+    if cells:  # the shape matrix (issue 19) as its own table: one row per cell, met/missed per baseline
+        from shape_matrix import table
+
+        lines += ["", "## Shape matrix (paired wall ratio lorafarm/baseline, median [min–max]; CPU-time ratio)", "",
+                  table(cells)]
     return "\n".join(lines) + "\n"
 
 
@@ -157,7 +175,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", default="bench/out")
     ap.add_argument("--quick", action="store_true")
-    ap.add_argument("--only", default="", help="comma-separated subset of: throughput,zero,data,policy,metrics,checkpoint,scheduler")
+    ap.add_argument("--only", default="", help="comma-separated subset of: throughput,matrix,loss_memory,zero,data,policy,metrics,"
+                    "checkpoint,scheduler")
     ap.add_argument("--timeout", type=float, default=900)
     args = ap.parse_args(argv)
     out = Path(args.out)

@@ -284,7 +284,7 @@ class HFTrainerContender:
         self.args = TrainingArguments(
             output_dir=os.path.join(os.environ.get("TMPDIR", "/tmp"), f"bench-hf-{os.getpid()}"),
             per_device_train_batch_size=t.micro_batch_size,
-            gradient_accumulation_steps=spec.grad_accum_steps(1),
+            gradient_accumulation_steps=spec.grad_accum_steps(rows.world),
             learning_rate=t.learning_rate, weight_decay=t.weight_decay, max_grad_norm=t.max_grad_norm,
             adam_beta1=0.9, adam_beta2=0.999, adam_epsilon=1e-8, lr_scheduler_type="cosine", warmup_steps=0,
             max_steps=2, logging_strategy="no", save_strategy="no", eval_strategy="no", report_to="none",
@@ -292,12 +292,14 @@ class HFTrainerContender:
             gradient_checkpointing=spec.zero.gradient_checkpointing,
             gradient_checkpointing_kwargs={"use_reentrant": False}, dataloader_num_workers=0, train_sampling_strategy="sequential",
             remove_unused_columns=False, disable_tqdm=True, seed=t.seed,
+            **({"ddp_backend": "gloo"} if rows.world > 1 and DEVICE == "cpu" else {}),
         )
         self.trainer = Trainer(model=model, args=self.args, train_dataset=self.data, data_collator=collator,
                                callbacks=[Marks()])
         self.timer: Timer | None = None
 
     def run(self, steps: int, timer: Timer) -> None:
+        # the global batches in order; under DDP the Trainer's data loader deals micro batches out to the ranks
         self.data.order = [int(i) for s in range(steps) for i in self.rows.step_indices(s)]
         self.trainer.args.max_steps = steps
         self.timer = timer
@@ -376,8 +378,11 @@ def main() -> None:
         dist.init_process_group("nccl" if DEVICE == "cuda" else "gloo", rank=rank, world_size=world)
         if cfg.get("count_comm"):
             comm = CommCounter()
+    elif cfg["contender"] == "hf_trainer" and world > 1:  # DDP over gloo, as `torchrun` + Trainer would
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(cfg["port"]), RANK=str(rank),
+                          WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world))
     elif world != 1:
-        raise SystemExit("hf_trainer and bare run one process")
+        raise SystemExit("the bare loop runs one process")
     from lorafarm.spec import validate_spec
 
     spec = validate_spec(cfg["spec"])
