@@ -115,7 +115,7 @@ def test_a_full_job_from_post_to_adapter_download(api, tmp_path):
     status = requests.get(f"{api.url}/v1/jobs/{job}", headers=_h(ALICE), timeout=30).json()
     assert status["state"] == "SUCCEEDED" and status["tenant"] == "alice"
     kinds = [e["kind"] for e in requests.get(f"{api.url}/v1/jobs/{job}/events", headers=_h(ALICE), timeout=30).json()]
-    assert kinds[0] == "SUBMITTED" and "STARTED" in kinds
+    assert kinds[0] == "submitted" and "started" in kinds
     listing = requests.get(f"{api.url}/v1/jobs/{job}/adapter", headers=_h(ALICE), timeout=30).json()
     assert {"adapter_model.safetensors", "adapter_config.json"} <= {f["name"] for f in listing["files"]}
     for f in listing["files"]:

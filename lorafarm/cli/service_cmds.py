@@ -133,7 +133,7 @@ def serve(args: argparse.Namespace, console: Console) -> int:
                                  ("--reserve-cpus", "reserve_cpus", args.reserve_cpus),
                                  ("--api-port", "api_port", args.api_port)):
             if value is not None and key in config and value != config[key]:
-                warn(console, f"{flag} {value:g} ignored: the running scheduler has {config[key]} (it applies when "
+                warn(console, f"{flag} {value:g} ignored: the running scheduler has {'none' if config[key] is None else config[key]} (it applies when "
                               "a scheduler starts)")
     if not info.get("keys"):
         warn(console, escape("the tenants file lists no API keys: tenants are unauthenticated — any caller may "
@@ -183,6 +183,7 @@ def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: boo
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, on_signal)
     last_step = 0
+    shown_eta = ""
     gone_since: float | None = None
     with JobProgress(console, enabled=not as_json) as progress:
         while True:
@@ -208,6 +209,10 @@ def wait_for(job_id: str, console: Console, as_json: bool, cancel_on_signal: boo
                 gone_since = None
                 last_step = 0
             p = summary.get("progress") or {}
+            eta = eta_text(summary, time.time()) if summary["state"] == "QUEUED" else ""
+            if eta and eta != shown_eta and not as_json:
+                console.print(f"{job_id} queued: {eta}", highlight=False)
+            shown_eta = eta or shown_eta
             if p.get("step", 0) > last_step:
                 last_step = p["step"]
                 progress(_step_event(p))
@@ -268,6 +273,8 @@ def status_lines(s: dict[str, Any], now: float) -> list[str]:
         rows.append(("running for", duration(now - started)))
     elif s["state"] == "QUEUED" and submitted:
         rows.append(("queued for", duration(now - submitted)))
+    if eta := eta_text(s, now):
+        rows.append(("eta", eta))
     if s.get("attempts", 0) > 1:
         rows.append(("attempts", str(s["attempts"])))
     if p := progress_text(s.get("progress") or {}):
@@ -282,6 +289,23 @@ def status_lines(s: dict[str, Any], now: float) -> list[str]:
         rows.append(("reason", s["reason"]))
     width = max(len(k) for k, _ in rows) + 1
     return [f"{k + ':':<{width}} {v}" for k, v in rows if v != ""]
+
+
+def eta_text(s: dict[str, Any], now: float) -> str:
+    """``starts ~HH:MM:SS (in 12 min), ends ~...`` from the scheduler's estimates; "" when it has none."""
+    parts = []
+    for key, word in (("eta_start", "starts"), ("eta_end", "ends")):
+        t = s.get(key)
+        if t is not None:
+            parts.append(f"{word} ~{time.strftime('%H:%M:%S', time.localtime(t))} (in {duration(t - now)})")
+    return ", ".join(parts)
+
+
+def _eta_cell(j: dict[str, Any]) -> str:
+    t = j.get("eta_start") if j.get("state") == "QUEUED" else j.get("eta_end")
+    if t is None:
+        return ""
+    return ("start " if j.get("state") == "QUEUED" else "end ") + time.strftime("%H:%M:%S", time.localtime(t))
 
 
 def progress_text(p: dict[str, Any]) -> str:
@@ -330,14 +354,14 @@ def list_jobs(args: argparse.Namespace, console: Console) -> int:
     if args.json:
         emit_json(jobs)
         return EXIT_OK
-    table = Table("tenant", "state", "workers", "step", "submitted")
+    table = Table("tenant", "state", "workers", "step", "submitted", "eta")
     # job ids are what users copy into the next command: never elide them
     table.columns.insert(0, Column("job", no_wrap=True, min_width=max((len(j["job_id"]) for j in jobs), default=3)))
     for j in jobs:
         p = j.get("progress") or {}
         step = f"{p['step']}/{p['total_steps']}" if "step" in p else ""
         table.add_row(j["job_id"], j["tenant"], j["state"], str(j["workers"]), step,
-                      time.strftime("%H:%M:%S", time.localtime(j["submitted_at"])))
+                      time.strftime("%H:%M:%S", time.localtime(j["submitted_at"])), _eta_cell(j))
     Console().print(table)
     return EXIT_OK
 
