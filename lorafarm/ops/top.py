@@ -12,8 +12,10 @@ JOB_KEYS = ("step", "total_steps", "loss", "eval_loss", "tokens_per_s", "step_ti
 
 def snapshot(tenants: list[dict[str, Any]], jobs: list[dict[str, Any]], now: float | None = None,
              tenant: str | None = None) -> dict[str, Any]:
-    """``{"time", "tenants": [...], "jobs": [...]}`` — the ``top --json`` object. Jobs are the
-    running ones; ``eta_s`` is remaining steps × the last step time (None before a step)."""
+    """``{"time", "tenants": [...], "jobs": [...], "queued": [...]}`` — the ``top --json`` object
+    (``queued``, with each queued job's ``eta_start``/``eta_end``, only when some are). Jobs are the
+    running ones; ``eta_s`` is the scheduler's estimate of the time left (its ``eta_end``; without
+    one, remaining steps × the last step time; None before a step)."""
     now = time.time() if now is None else now
     rows = [{k: t.get(k) for k in ("tenant", "weight", "quota", "usage", "queued", "running")}
             for t in tenants if tenant is None or t["tenant"] == tenant]
@@ -27,13 +29,19 @@ def snapshot(tenants: list[dict[str, Any]], jobs: list[dict[str, Any]], now: flo
                                "started_at": j.get("started_at")}
         row.update({k: p.get(k) for k in JOB_KEYS})
         eta = None
-        if p.get("step") is not None and p.get("total_steps") and p.get("step_time_s") is not None:
+        if j.get("eta_end") is not None:
+            eta = max(0.0, j["eta_end"] - now)
+        elif p.get("step") is not None and p.get("total_steps") and p.get("step_time_s") is not None:
             eta = max(0, p["total_steps"] - p["step"]) * p["step_time_s"]
         row["eta_s"] = eta
         row["running_s"] = now - j["started_at"] if j.get("started_at") else None
         out_jobs.append(row)
     out_jobs.sort(key=lambda r: (r["tenant"], r.get("started_at") or 0))
-    return {"time": now, "tenants": rows, "jobs": out_jobs}
+    queued = sorted(({"job_id": j["job_id"], "tenant": j["tenant"], "name": j.get("name"), "eta_start": j.get("eta_start"),
+                      "eta_end": j.get("eta_end")} for j in jobs
+                     if j.get("state") == "QUEUED" and (tenant is None or j["tenant"] == tenant)),
+                    key=lambda r: (r["eta_start"] is None, r["eta_start"] or 0, r["job_id"]))
+    return {"time": now, "tenants": rows, "jobs": out_jobs, **({"queued": queued} if queued else {})}
 
 
 def _num(v: Any, fmt: str = "{:g}") -> str:
@@ -78,5 +86,10 @@ def render(snap: dict[str, Any]):
             mem = j.get("gpu_memory_bytes")
             row += [_num(mem / 2**30 if mem is not None else None, "{:.1f} GiB"), _num(j.get("mfu"), "{:.1%}")]
         jobs.add_row(*row)
+    queued = Table(Column("job", no_wrap=True), "tenant", "starts in", "ends in", title="queued jobs (ETA)",
+                   title_justify="left")
+    for j in snap.get("queued", [])[:20]:
+        queued.add_row(j["job_id"], j["tenant"], _duration(None if j["eta_start"] is None else j["eta_start"] - snap["time"]),
+                       _duration(None if j["eta_end"] is None else j["eta_end"] - snap["time"]))
     stamp = time.strftime("%H:%M:%S", time.localtime(snap["time"]))
-    return Group(f"lorafarm top — {stamp}", tenants, jobs)
+    return Group(f"lorafarm top — {stamp}", tenants, jobs, *([queued] if snap.get("queued") else []))
