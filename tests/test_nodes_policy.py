@@ -234,3 +234,28 @@ def test_node_loss_requeues_a_rigid_job_that_no_longer_fits_and_it_resumes_on_re
     capacity.nodes["b"] = lost
     core.tick()
     assert core.status(job)["state"] == "RUNNING" and len(launcher.started) == 2
+
+
+def test_a_head_blocked_by_capacity_asks_the_autoscaler_and_clears_on_admit_and_cancel(tmp_path):
+    from lorafarm.scheduler.autoscale import AutoscaleRequests
+
+    core, _, launcher, capacity = _core(tmp_path, _node("a"))
+    asked: list[list] = []
+    core.autoscaler = AutoscaleRequests(True, asked.append)
+    big = _submit(core, 2, 2, "big")  # fits no node now, but the cluster can grow: queued, not refused
+    core.tick()
+    core.tick()
+    assert asked == [[{"CPU": 2.0}, {"CPU": 2.0}]]  # asked once
+    waiting = [e for e in core.events(big) if e["kind"] == "waiting_for_nodes"]
+    assert len(waiting) == 1 and "waiting for nodes" in waiting[0]["message"]
+    capacity.nodes["b"] = _node("b")  # the autoscaler added a node
+    core.tick()
+    assert core.status(big)["state"] == "RUNNING" and asked[-1] == []  # cleared once admitted
+    other = _submit(core, 2, 2, "other")
+    core.tick()
+    assert asked[-1] == [{"CPU": 2.0}, {"CPU": 2.0}]
+    core.cancel(other)
+    assert asked[-1] == []
+    core.autoscaler = AutoscaleRequests(False, asked.append)
+    with pytest.raises(SpecError):
+        _submit(core, 1, 3, "too-big")  # autoscaling off: refused by node shape

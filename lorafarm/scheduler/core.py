@@ -22,8 +22,10 @@ from ..estimate.live import LiveEstimates
 from ..events import Event, RunOutcome, RunState, Step
 from ..metrics import Metrics
 from ..policy import decide, job_priority, submission_problems
+from ..policy.quota import Usage, usage_by_tenant, within_quota
 from ..spec import TenantsConfig, validate_spec
 from ..storage import Store, new_job_id, read_manifest
+from .autoscale import AutoscaleRequests, autoscaling_enabled, gang_bundles
 from .elastic import NodeFollower, fit_for, job_nodes
 from .joblog import JobLogs
 from .records import RecordStore
@@ -55,6 +57,7 @@ class SchedulerCore:
         self.metrics = Metrics()
         self.chargeback = Chargeback(self.metrics, clock.now())
         self.nodes = NodeFollower()  # alive nodes at the last tick: losses resize or re-queue jobs
+        self.autoscaler = AutoscaleRequests(autoscaling_enabled())  # asks Ray for nodes for a blocked head
         self.estimates = LiveEstimates(store.root)  # learned step times, persisted in <store>/_service
         self.recover()
         self.estimates.learn_records(self.jobs.values())
@@ -122,6 +125,8 @@ class SchedulerCore:
         )
         problems = trust_problems(spec, self.tenants, self.store.root)
         capacity = self.capacity.cluster(()) if not problems else None  # totals: could it ever fit
+        if capacity is not None and self.autoscaler.enabled:  # the cluster can grow: only quotas bound a job
+            capacity = {"cpus": float("inf"), "gpus": float("inf")}
         with self.lock:
             if capacity is not None:
                 queued = collections.Counter(j.tenant for j in self.jobs.values() if j.state is JobState.QUEUED)
@@ -172,6 +177,7 @@ class SchedulerCore:
             now = self.clock.now()
             record.note(now, EventKind.CANCEL_REQUESTED, "cancel requested")
             stopped = self.launcher.kill(job_id)
+            self.autoscaler.clear(job_id)
             if self.live.pop(job_id, None) is not None:
                 self._estimate_ended(record)
             self._release(record)
@@ -271,6 +277,7 @@ class SchedulerCore:
         with self.lock:
             queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
             if not queued:
+                self.autoscaler.clear()
                 if any(j.run_workers for j in self.jobs.values() if j.state is JobState.RUNNING):
                     self._grow_shrunk(self.clock.now())  # nothing waits: a shrunk job may grow back
                 return
@@ -285,6 +292,12 @@ class SchedulerCore:
                 self._start(self.jobs[job_id], now, decision.placements.get(job_id, ()))
             if not decision.start and decision.reserved_for is None:
                 self._grow_shrunk(now)
+            # with autoscaling on, a head that fits no node now is waiting for nodes too; on a full
+            # cluster decide stops before it names a head: the oldest job still queued is it
+            waiting = [j for j in queued if j.state is JobState.QUEUED]
+            head = decision.reserved_for or next(iter(decision.never_fits), None) or (
+                min(waiting, key=lambda j: j.submitted_at).job_id if waiting and not decision.start else None)
+            self._ask_for_nodes(head, now)
             if decision.preempt and not any(run.preempting for run in self.live.values()):
                 for job_id in decision.preempt:  # one preemption at a time: victims free first
                     self._preempt(self.jobs[job_id], decision.preempt_for, now)
@@ -320,6 +333,29 @@ class SchedulerCore:
         return True
 
     # ---------------------------------------------------------------- nodes
+    def _ask_for_nodes(self, head: str | None, now: float) -> None:
+        """With autoscaling on, ask for the blocked head's gang (it is within its quota: only
+        capacity holds it back); drop the request once no job is blocked or another is the head."""
+        if head is None or not self.autoscaler.enabled:
+            self.autoscaler.clear()
+            return
+        record = self.jobs[head]
+        r = record.request()
+        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        if not within_quota(r, usage_by_tenant(running).get(record.tenant) or Usage(), self.tenants):
+            self.autoscaler.clear()  # its quota holds it back, not capacity: more nodes would not help
+            return
+        bundles = gang_bundles(record.workers, record.cpus_per_worker, record.gpus_per_worker, r.accelerator_type)
+        if self.autoscaler.for_job not in (None, head):
+            self.autoscaler.clear()
+        if self.autoscaler.want(head, bundles):
+            shape = f"{record.cpus_per_worker:g} CPUs" + (f", {record.gpus_per_worker:g} GPUs" if record.gpus_per_worker
+                                                         else "")
+            record.note(now, EventKind.WAITING_FOR_NODES, f"waiting for nodes: asked Ray's autoscaler for "
+                        f"{record.workers} × ({shape})", {"bundles": bundles})
+            self._log(head, "waiting for nodes (autoscaler asked)")
+            self.records.save(record)
+
     def _follow_nodes(self) -> None:
         """Compare the alive nodes with the last tick's: log joins, and stop every run that had
         workers on a node that left (resized or re-queued, see :meth:`_node_lost`)."""
