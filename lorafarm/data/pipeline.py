@@ -34,7 +34,7 @@ from .read import BadRowReport, fingerprint
 
 __all__ = ["ROW_SCHEMA", "Prepared", "cache_key", "load_rows", "prepare", "tokenizer_digest"]
 
-LOCAL_BELOW_BYTES = 4 << 20  # tokenize in process below this much data: Ray Data's start-up costs more
+LOCAL_BELOW_BYTES = 1 << 20  # tokenize in process below this much data (one unit): no Ray Data start-up
 NAMED_IN_STATS = 20  # rows that lose every label, named in stats.json
 UNMASKABLE = "the chat template cannot be masked"
 LAYOUT = 2  # the cache's file layout (2: part files + index per split)

@@ -35,7 +35,7 @@ from .labels import LabelReport
 from .packing import to_rows
 from .read import BadRowReport, checked_examples, file_size, list_files, parquet_groups, unit_rows
 
-UNIT_BYTES = 8 << 20  # a JSONL file is read in ranges of this many bytes, one task each
+UNIT_BYTES = 1 << 20  # a JSONL file is read in ranges of this many bytes, one task each (~1-5k chat rows)
 UNIT_ROWS = 16_384  # a Parquet file in runs of whole row groups of about this many rows
 _REF = re.compile("\x1f(\\d+)\x1f")
 
