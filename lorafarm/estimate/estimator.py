@@ -65,6 +65,7 @@ class Estimator:
         self._median: dict[str, float] = {}  # key -> median of shapes[key] (cleared on learn)
         self._calib: dict[str | None, float] = {}
         self._running: dict[str, float | None] = {}  # key -> running jobs' figure (cleared on their steps)
+        self.generation = 0  # bumped whenever a queued job's estimate may change (callers cache by it)
 
     # ------------------------------------------------------------ learning
     def learn(self, key: str, step_s: float, job_id: str | None = None) -> None:
@@ -78,6 +79,7 @@ class Estimator:
         self.counts[key] = self.counts.get(key, 0) + 1
         self._median.pop(key, None)
         self._calib.clear()
+        self.generation += 1
         if job_id is not None:
             if len(self.folded) == self.folded.maxlen:
                 self._folded_set.discard(self.folded[0])
@@ -107,12 +109,16 @@ class Estimator:
         run.recent.append(step_time_s)
         run.sum_s += step_time_s
         run.counted += 1
-        self._running.pop(run.shape, None)
+        if run.shape not in self.shapes:  # the shape's figure comes from its running jobs: it moved
+            self._running.pop(run.shape, None)
+            if run.counted >= MIN_RUNNING_STEPS:
+                self.generation += 1
 
     def finished(self, job_id: str) -> float | None:
         """The job's run ended: fold its mean step time into its shape; that mean (or None)."""
         run = self.runs.pop(job_id, None)
         self._running.clear()
+        self.generation += 1
         if run is None or not run.counted:
             return None
         mean = run.sum_s / run.counted
@@ -120,12 +126,14 @@ class Estimator:
         return mean
 
     def note_params(self, base_model: str, total_params: int) -> None:
-        if total_params > 0:
+        if total_params > 0 and self.params.get(base_model) != int(total_params):
             self.params[base_model] = int(total_params)
+            self.generation += 1
 
     def note_epoch_steps(self, epochs_key: str, total_steps: int) -> None:
-        if total_steps > 0:
+        if total_steps > 0 and self.epoch_steps.get(epochs_key) != int(total_steps):
             self.epoch_steps[epochs_key] = int(total_steps)
+            self.generation += 1
 
     # ------------------------------------------------------------ estimates
     def step_time(self, key: str, prior_s: float | None = None, accelerator: str | None = None) -> Estimate | None:

@@ -39,6 +39,7 @@ class LiveEstimates:
         self.store_root = store_root
         self.estimator = load_estimator(store_root)
         self._shapes: dict[str, JobShape] = {}
+        self._requests: dict[str, tuple[tuple, Any]] = {}  # job id -> (cache key, JobRequest)
         self._version = 0  # bumped whenever an estimate may have changed
 
     # ------------------------------------------------------------ shapes
@@ -74,6 +75,17 @@ class LiveEstimates:
             steps = max(1, steps - int(record.last_checkpoint_step))
         return request_estimate(self.estimator, s.key, steps, s.prior_s, s.accelerator)
 
+    def request(self, record: Any) -> Any:
+        """``record.request(estimate)``, cached until the estimate can have changed (a tick with
+        10,000 queued jobs rebuilds none of them when nothing was learned)."""
+        key = (self.estimator.generation, record.last_checkpoint_step, record.priority, record.workers)
+        hit = self._requests.get(record.job_id)
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        req = record.request(self.queued_estimate(record))
+        self._requests[record.job_id] = (key, req)
+        return req
+
     def remaining(self, record: Any) -> float | None:
         """Seconds a running job has left (its own step times once it has some)."""
         s = self.shape(record)
@@ -89,6 +101,7 @@ class LiveEstimates:
         s = self.shape(record)
         estimate = self.queued_estimate(record)
         self.estimator.started(record.job_id, s.key, self.steps(record), s.accelerator, s.prior_s)
+        self._requests.pop(record.job_id, None)
         self._version += 1
         return estimate
 
@@ -136,6 +149,7 @@ class LiveEstimates:
 
     def forget(self, job_id: str) -> None:
         self._shapes.pop(job_id, None)
+        self._requests.pop(job_id, None)
 
     # ------------------------------------------------------------ ETAs
     def etas(self, records: Iterable[Any], now: float, total_cpus: float, total_gpus: float,

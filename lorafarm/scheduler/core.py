@@ -284,7 +284,7 @@ class SchedulerCore:
             now = self.clock.now()
             running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
             t0 = time.perf_counter()  # the decision's own cost (a duration, not the clock)
-            decision = decide([j.request(self.estimates.queued_estimate(j)) for j in queued], running, self.capacity.cluster(running), self.tenants,
+            decision = decide([self.estimates.request(j) for j in queued], running, self.capacity.cluster(running), self.tenants,
                               now)
             self.metrics.decisions.inc()
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
