@@ -38,7 +38,7 @@ LOCAL_BELOW_BYTES = 1 << 20  # tokenize in process below this much data (one uni
 NAMED_IN_STATS = 20  # rows that lose every label, named in stats.json
 UNMASKABLE = "the chat template cannot be masked"
 LAYOUT = 2  # the cache's file layout (2: part files + index per split)
-PROGRESS_EVERY_S = 2.0
+PROGRESS_EVERY_S = 5.0  # a progress line at most this often (they are logged)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "chat_template.jinja")
 
