@@ -1,7 +1,7 @@
 """Run in a subprocess by test_chunked_loss.py: the real recipe (one DeepSpeed ZeRO-2 rank over
 gloo, the quickstart's LoRA and data, 3 steps, no Ray) with whatever ``LORAFARM_LOSS_CHUNK_TOKENS``
 the environment gives; writes the losses and the LoRA tensors before and after as JSON.
-Arguments: a store directory, the output file."""
+Arguments: a store directory, the output file, optionally a ZeRO stage (default 2)."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def main() -> None:
         "lora": {"r": 16, "alpha": 32, "dropout": 0.0, "target_modules": "all-linear"},
         "training": {"max_steps": 3, "global_batch_size": 8, "micro_batch_size": 4, "seq_len": 256,
                      "learning_rate": 2e-3, "warmup_steps": 0, "seed": 0, "checkpoint_every_steps": 0},
-        "zero": {"stage": 2}, "resources": {"workers": 1},
+        "zero": {"stage": int(sys.argv[3]) if len(sys.argv) > 3 else 2}, "resources": {"workers": 1},
     })
     rows_uri = prepare(spec, str(resolve_base(spec.base_model)), Store.open(store_dir), parallel=False).train_uri
     cfg = WorkerConfig(spec=spec, job_id="probe", adapter_uri="unused", job_uri="unused", train_rows_uri=rows_uri,

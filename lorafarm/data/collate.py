@@ -1,6 +1,13 @@
 """Micro batches as tensors. Unpacked rows get a 2D padding mask; packed rows a 4D float
-block-diagonal causal mask ``[b,1,q,k]`` plus per-example ``position_ids`` (with sdpa/eager
-attention in transformers, position ids alone do not keep packed examples apart)."""
+block-diagonal causal mask ``[b,1,q,k]`` plus per-example ``position_ids``.
+
+The training step asks for the cheapest mask that is still exact (``minimal_mask=True``):
+unpacked rows that are all full need no mask at all (attention takes SDPA's causal fast path,
+no mask tensor is built or read), and with ``packed_mask="position_ids"`` packed rows carry
+only their ``position_ids``, which restart at 0 for every example (padding: 0 each, so every pad
+token is its own one-token segment). transformers then derives the block-diagonal mask itself
+(``masking_utils.find_packed_sequence_indices``), and flash attention uses its variable-length
+kernel with no mask at all; the 4D mask stays the default (eager attention ignores position ids)."""
 
 from __future__ import annotations
 
@@ -11,8 +18,8 @@ import torch
 from .formats import IGNORE
 
 
-def collate(rows: list[dict[str, Any]], pad_id: int, packing: bool, dtype: torch.dtype = torch.float32
-            ) -> dict[str, torch.Tensor]:
+def collate(rows: list[dict[str, Any]], pad_id: int, packing: bool, dtype: torch.dtype = torch.float32, *,
+            minimal_mask: bool = False, packed_mask: str = "4d") -> dict[str, torch.Tensor]:
     b, n = len(rows), max(len(r["input_ids"]) for r in rows)
     input_ids = torch.full((b, n), pad_id, dtype=torch.long)
     labels = torch.full((b, n), IGNORE, dtype=torch.long)
@@ -22,6 +29,13 @@ def collate(rows: list[dict[str, Any]], pad_id: int, packing: bool, dtype: torch
         input_ids[i, :k] = torch.tensor(r["input_ids"])
         labels[i, :k] = torch.tensor(r["labels"])
         position_ids[i, :k] = torch.tensor(r["position_ids"])
+    out = {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+    if minimal_mask and not packing and all(len(r["input_ids"]) == n for r in rows):
+        return out  # nothing padded: causal attention needs no mask
+    if packing and packed_mask == "position_ids":
+        return out
+    if packed_mask not in ("4d", "position_ids"):
+        raise ValueError(f"packed_mask: {packed_mask!r} — use 4d or position_ids")
     if not packing:
         mask = torch.zeros((b, n), dtype=torch.long)
         for i, r in enumerate(rows):

@@ -123,6 +123,14 @@ class LoraRecipe:
             raise TrainingError(f"{len(leaked)} base parameters would train (first: {leaked[0]}) — only LoRA "
                                 "parameters may; this is a lorafarm bug, please report it")
         self.accum = self.engine.gradient_accumulation_steps()
+        if self.world == 1 and spec.resolved_stage(1) == 0:
+            # one rank, no ZeRO: DeepSpeed would still flatten every LoRA gradient, all-reduce it with itself
+            # and copy it back after each backward; nothing to reduce, so skip that path
+            self.engine.enable_backward_allreduce = False
+        # packed rows: flash attention keeps examples apart by position ids alone (variable-length kernel);
+        # SDPA/eager get the exact 4D block-diagonal mask (see lorafarm.data.collate)
+        attn = getattr(self.model.config, "_attn_implementation", None) or "sdpa"
+        self.packed_mask = "position_ids" if attn.startswith("flash_attention") else "4d"
         self.device = self.engine.device
         self.pad_id = self.tokenizer.pad_token_id or 0
         self._resume()
@@ -319,7 +327,9 @@ class LoraRecipe:
 
         rows = self.train_rows.take(indices)
         n_tokens = sum(len(r["input_ids"]) for r in rows)
-        return self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype)), n_tokens
+        batch = collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype, minimal_mask=True,
+                        packed_mask=self.packed_mask)
+        return self._to_device(batch), n_tokens
 
     def _to_device(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {k: v.to(self.device) for k, v in batch.items()}
@@ -384,7 +394,7 @@ class LoraRecipe:
 
         rows = self.train_rows.take(range(min(2, len(self.train_rows))))
         b = self._to_device(collate(rows, self.pad_id, self.spec.training.packing, dtype=self.dtype))
-        return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids")}
+        return {k: b[k] for k in ("input_ids", "attention_mask", "position_ids") if k in b}
 
     def _manifest(self) -> dict[str, Any]:
         from ..adapter.manifest import adapter_manifest
