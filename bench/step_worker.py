@@ -124,7 +124,8 @@ def hf_batch(rows: list[dict[str, Any]], pad_id: int, packing: bool) -> dict[str
 
     from lorafarm.data import collate
 
-    b = {k: v.to(DEVICE) for k, v in collate(rows, pad_id, packing).items()}
+    flash = os.environ.get("LORAFARM_ATTN_IMPLEMENTATION", "").startswith("flash_attention")
+    b = {k: v.to(DEVICE) for k, v in collate(rows, pad_id, packing, packed_mask="position_ids" if flash else "4d").items()}
     labels = torch.full_like(b["labels"], -100)
     labels[:, 1:] = b["labels"][:, :-1]
     b["labels"] = labels

@@ -3,6 +3,13 @@ nothing downloaded), LoRA r=16 on q,k,v,o, bf16, seq 2048, ZeRO-2; lorafarm's re
 Face ``Trainer`` + PEFT, gradient checkpointing on and off. See ``bench/gpu/RUNBOOK.md``.
 
     .venv/bin/python bench/gpu/gpu_bench.py --out bench/out/gpu [--steps 12] [--reps 2] [--ckpt on,off]
+        [--attn sdpa,flash_attention_2] [--packing] [--loss-chunk -1|0|N]
+
+``--attn`` loads the base with that attention implementation in every contender
+(``LORAFARM_ATTN_IMPLEMENTATION``; flash needs the flash-attn package); ``--packing`` packs the
+rows (lorafarm isolates them with the 4D mask under SDPA, with position ids alone under flash);
+``--loss-chunk`` sets lorafarm's chunked loss (``LORAFARM_LOSS_CHUNK_TOKENS``; 0 = full logits,
+-1 = the default of 130 tokens at vocabulary 128,256).
 
 Figures per (contender, checkpointing): tokens/s/GPU (steps 2..N of each repetition), peak
 memory (``torch.cuda.max_memory_allocated``), MFU = 6 * N_params * tokens/s / peak (989e12
@@ -96,6 +103,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--reps", type=int, default=2)
     ap.add_argument("--ckpt", default="on,off")
     ap.add_argument("--contenders", default="lorafarm,hf_trainer")
+    ap.add_argument("--attn", default="sdpa", help="comma-separated attention implementations to compare")
+    ap.add_argument("--packing", action="store_true")
+    ap.add_argument("--loss-chunk", type=int, default=-1)
     args = ap.parse_args(argv)
     import torch
 
@@ -110,13 +120,17 @@ def main(argv: list[str] | None = None) -> int:
     device_name = torch.cuda.get_device_name(0)
     peak = peak_flops(device_name)
     records = []
-    for ckpt in args.ckpt.split(","):
+    if args.loss_chunk >= 0:
+        os.environ["LORAFARM_LOSS_CHUNK_TOKENS"] = str(args.loss_chunk)  # the Gang's processes inherit it
+    for ckpt, attn in [(c, a) for c in args.ckpt.split(",") for a in args.attn.split(",")]:
+        os.environ["LORAFARM_ATTN_IMPLEMENTATION"] = attn
         raw = bl.spec_dict(**{
             "base_model": str(base), "lora.r": 16, "lora.alpha": 32, "lora.target_modules": ["q_proj", "k_proj",
                                                                                             "v_proj", "o_proj"],
             "training.seq_len": args.seq, "training.micro_batch_size": args.micro,
             "training.global_batch_size": args.micro * args.accum, "training.learning_rate": 2e-4,
             "zero.stage": 2, "zero.precision": "bf16", "zero.gradient_checkpointing": ckpt == "on",
+            "training.packing": args.packing,
             "resources.gpus_per_worker": 1})
         runs: dict[str, list[dict]] = {c: [] for c in args.contenders.split(",")}
         n_params = p_lora = 0
@@ -133,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
             tps = bl.spread([r["tokens_per_s"] for r in rs])
             peak_mem = max(r["peak_memory_bytes"] for r in rs)
             rec = {"bench": "gpu_step", "device": device_name, "contender": name, "grad_ckpt": ckpt == "on",
+                   "attn": attn, "packing": args.packing, "loss_chunk_tokens": os.environ.get("LORAFARM_LOSS_CHUNK_TOKENS"),
                    "seq": args.seq, "micro": args.micro, "accum": args.accum, "tokens_per_s": tps,
                    "mfu": 6 * n_params * tps["median"] / peak if peak else None, "peak_memory_bytes": peak_mem,
                    "estimate_bytes": est, "peak_over_estimate": peak_mem / est["total"],
@@ -143,7 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             records.append(rec)
             bl.emit(rec)
             mfu = f"{rec['mfu']:.1%}" if rec["mfu"] is not None else "n/a"
-            print(f"ckpt {ckpt} {name}: {tps['median']:,.0f} tokens/s/GPU [{tps['min']:,.0f}-{tps['max']:,.0f}], "
+            print(f"ckpt {ckpt} attn {attn} {name}: {tps['median']:,.0f} tokens/s/GPU [{tps['min']:,.0f}-{tps['max']:,.0f}], "
                   f"MFU {mfu}, peak {peak_mem / 2**30:.1f} GiB vs estimate {est['total'] / 2**30:.1f} GiB "
                   f"({rec['peak_over_estimate']:.2f}x)", flush=True)
     (out / "gpu_results.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "machine": bl.machine(),

@@ -127,6 +127,13 @@ def load_tokenizer(model_dir: Path, trust_remote_code: bool = False):
     return tok
 
 
+def attn_implementation() -> str:
+    """``sdpa`` (PyTorch's fused attention; CPU and GPU), or what ``LORAFARM_ATTN_IMPLEMENTATION``
+    names (``flash_attention_2`` on a GPU with flash-attn installed: packed rows then go by position
+    ids through its variable-length kernel, see :mod:`lorafarm.data.collate`; ``eager``)."""
+    return os.environ.get("LORAFARM_ATTN_IMPLEMENTATION") or "sdpa"
+
+
 def load_base(model_dir: Path, dtype=None, gradient_checkpointing: bool = False, trust_remote_code: bool = False):
     """The frozen base model: every parameter has ``requires_grad=False``."""
     import torch
@@ -134,7 +141,7 @@ def load_base(model_dir: Path, dtype=None, gradient_checkpointing: bool = False,
 
     try:
         model = AutoModelForCausalLM.from_pretrained(
-            str(model_dir), dtype=dtype or torch.float32, attn_implementation="sdpa",
+            str(model_dir), dtype=dtype or torch.float32, attn_implementation=attn_implementation(),
             trust_remote_code=trust_remote_code,
         )
     except Exception as e:  # noqa: BLE001 - narrowed below: an unreadable or corrupt weights file
