@@ -4,10 +4,11 @@ trace readers, the CLI, and the simulator and the live scheduler deciding alike.
 from __future__ import annotations
 
 import json
+import statistics
 
 import pytest
 
-from lorafarm.policy import decide
+from lorafarm.policy import ClusterState, JobRequest, decide
 from lorafarm.sim import (
     ClusterSpec,
     SimJob,
@@ -333,6 +334,7 @@ def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path):
     assert len(snapshots) > 20
 
     runnable = spec()  # what the core hands the launcher; the gang sizes below are what the policy sees
+    del runnable["training"]["max_steps"]  # epochs over rows not counted yet: no estimate, as the simulator
     for i, (queued, running, cluster, now, sim_start) in enumerate(snapshots):
         launcher = FakeLauncher()
         core = make_core(tmp_path / f"store-{i}", tenants_text, FakeClock(now), launcher,
@@ -343,4 +345,122 @@ def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path):
                 workers=job.workers, cpus_per_worker=job.cpus_per_worker, gpus_per_worker=job.gpus_per_worker,
                 submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None))
         core.tick()
+        assert tuple(launcher.started) == sim_start, f"at t={now}: scheduler {launcher.started} vs simulator {sim_start}"
+
+
+# -- estimates: the estimator, not the truth ---------------------------------------------------
+
+
+def test_generated_shapes_carry_steps_and_step_times_that_no_estimate_equals():
+    jobs = generate(3000, seed=1, gpus=1000, tenants=50)
+    plain = [(j.job_id, j.tenant, j.submit_time, j.workers, j.gpus_per_worker, j.duration) for j in jobs]
+    assert plain[:3] == [(j.job_id, j.tenant, j.submit_time, j.workers, j.gpus_per_worker, j.duration)
+                         for j in generate(3000, seed=1, gpus=1000, tenants=50)][:3]
+    assert all(j.shape and j.steps >= 1 and j.prior_step_s > 0 for j in jobs)
+    by_shape: dict[str, list[float]] = {}
+    for j in jobs:
+        by_shape.setdefault(j.shape, []).append(j.duration / j.steps)
+    assert 20 <= len(by_shape) <= 100
+    big = [v for v in by_shape.values() if len(v) >= 50]
+    spread = [max(v) / min(v) for v in big]
+    assert all(s > 1.2 for s in spread)  # per-job noise: the truth differs from any one figure
+    ratios = [statistics.median(v) / j.prior_step_s for v in big for j in jobs[:1]]
+    assert len({round(r, 3) for r in ratios}) > 1  # per-shape speed the FLOPs prior does not know
+
+
+def test_estimator_mode_learns_and_beats_no_estimates():
+    jobs = generate(1000, seed=3, gpus=128, tenants=6, load=1.0, max_gang=16)
+    tenants = load_tenants(tenants_yaml(tenants=6, gpus=128))
+    runs = {mode: Simulator(jobs, ClusterSpec(128, nodes=16), tenants, decide, estimates=mode)
+            for mode in ("estimator", "none")}
+    res = {mode: sim.run() for mode, sim in runs.items()}
+    errors = runs["estimator"].estimates.errors({j.job_id: j.duration for j in jobs}, after=20)
+    assert errors["jobs"] == 1000 and errors["median_abs_error_after_20_of_shape"] <= 0.25
+    assert errors["median_abs_error"] <= 0.5  # the first jobs of a shape ran on the (calibrated) prior
+    ours, blind = summarize(res["estimator"]), summarize(res["none"])
+    assert ours["avg_jct_s"] < blind["avg_jct_s"]
+    assert res["estimator"].quota_violations == 0 and res["estimator"].capacity_violations == 0
+
+
+def test_lifted_jobs_bound_waiting_relative_to_size():
+    """A job that has waited ``lift_after(its estimate)`` goes ahead of every unlifted job of its
+    band, however short they are."""
+    from lorafarm.policy.decide import LIFT, lift_after
+
+    tenants = load_tenants("tenants:\n  default: {weight: 1}\n")
+    before = lift_after(3600.0) - 1
+    old = JobRequest("old", "a", 1, 1.0, 1.0, "normal", 0.0, 3600.0)
+    fresh = [JobRequest(f"s{i}", "a", 1, 1.0, 1.0, "normal", before - 1000 + 100 * i, 60.0) for i in range(5)]
+    cluster = ClusterState(100, 1, 100, 1)
+    assert decide([old, *fresh], [], cluster, tenants, before).start == ("s0",)  # shortest first...
+    assert decide([old, *fresh], [], cluster, tenants, before + 2).start == ("old",)  # ...until it is lifted
+    assert lift_after(60.0) == LIFT.floor_s + LIFT.k * 60.0 and lift_after(1e9) == LIFT.cap_s
+    assert lift_after(None) == LIFT.cap_s
+
+
+def test_simulator_and_scheduler_core_decide_alike_with_estimates(tmp_path, monkeypatch):
+    """The same snapshots, estimates included: the simulator's estimator (as JSON) is what the
+    core loads from its store; both hand ``decide`` the same estimated durations and start the same jobs."""
+    import random
+    from types import SimpleNamespace
+
+    from scheduler_fakes import FakeCapacity, FakeClock, FakeLauncher, make_core, spec
+
+    import lorafarm.scheduler.core as core_module
+    from lorafarm.estimate import Estimator
+    from lorafarm.estimate.live import LiveEstimates
+    from lorafarm.estimate.persist import save_estimator
+    from lorafarm.scheduler.state import JobRecord, JobState
+    rng = random.Random(3)
+    probe = LiveEstimates(str(tmp_path / "probe"))
+    variants = []
+    for seq, r in ((64, 8), (128, 8), (64, 16)):
+        s = spec("t0", "v")
+        s["training"].update(seq_len=seq, warmup_steps=0)
+        s["lora"]["r"] = r
+        s["resources"].update(gpus_per_worker=1, cpus_per_worker=1)
+        variants.append(s)
+    jobs, specs = [], {}
+    for i in range(90):
+        v = rng.randrange(3)
+        s = json.loads(json.dumps(variants[v]))
+        s["training"]["max_steps"] = rng.choice([10, 50, 200, 800])
+        s["tenant"] = f"t{i % 3}"
+        shape = probe.shape(SimpleNamespace(job_id=str(i), spec=s))
+        step_s = shape.prior_s * (2 + v) * rng.lognormvariate(0, 0.1)
+        jobs.append(SimJob(f"j{i:03d}", s["tenant"], 15.0 * i, 1, 1.0, s["training"]["max_steps"] * step_s,
+                           shape=shape.key, steps=s["training"]["max_steps"], prior_step_s=shape.prior_s))
+        specs[f"j{i:03d}"] = s
+    tenants_text = "tenants:\n  default: {weight: 1}\n"
+    snapshots = []
+
+    def recording(queued, running, cluster, tenants, now):
+        d = decide(queued, running, cluster, tenants, now)
+        snapshots.append((list(queued), list(running), cluster, now, d.start,
+                          json.dumps(sim.estimates.estimator.to_json())))
+        return d
+
+    sim = Simulator(jobs, ClusterSpec(4, cpus=64), load_tenants(tenants_text), recording, estimates="estimator")
+    sim.run()
+    assert len(snapshots) > 30
+    assert sum(1 for q, *_ in snapshots for j in q if j.estimated_duration is not None) > 100
+
+    seen: list = []
+    monkeypatch.setattr(core_module, "decide", lambda q, *a: seen.append(q) or decide(q, *a))
+    for i, (queued, running, cluster, now, sim_start, estimator) in enumerate(snapshots[::3]):
+        store = tmp_path / f"store-{i}"
+        save_estimator(str(store), Estimator.from_json(json.loads(estimator)))
+        launcher = FakeLauncher()
+        core = make_core(store, tenants_text, FakeClock(now), launcher,
+                         FakeCapacity(cpus=cluster.total_cpus, gpus=cluster.total_gpus))
+        for job, state in [(q, JobState.QUEUED) for q in queued] + [(r, JobState.RUNNING) for r in running]:
+            core.jobs[job.job_id] = JobRecord(
+                job_id=job.job_id, tenant=job.tenant, name=job.job_id, spec=specs[job.job_id], priority=job.priority,
+                workers=job.workers, cpus_per_worker=job.cpus_per_worker, gpus_per_worker=job.gpus_per_worker,
+                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None))
+        seen.clear()
+        core.tick()
+        live = {j.job_id: j.estimated_duration for j in seen[0]}
+        for q in queued:
+            assert live[q.job_id] == pytest.approx(q.estimated_duration), (now, q.job_id)
         assert tuple(launcher.started) == sim_start, f"at t={now}: scheduler {launcher.started} vs simulator {sim_start}"

@@ -152,9 +152,7 @@ class Estimator:
             return None
         if key not in self.priors:
             self.priors[key] = prior_s
-            if accelerator is not None:
-                self.accelerators.setdefault(key, accelerator)
-        return Estimate(prior_s * self.calibration(accelerator), "prior")
+        return Estimate(prior_s * self.calibration(accelerator or accelerator_of(key)), "prior")
 
     def _running_step_s(self, key: str) -> float | None:
         """The median step time of the running jobs of ``key`` that measured a few steps."""
@@ -171,7 +169,7 @@ class Estimator:
         c = self._calib.get(accelerator)
         if c is None:
             ratios = [self.step_time(k).step_s / self.priors[k] for k, q in self.shapes.items()  # type: ignore[union-attr]
-                      if q and self.priors.get(k) and (accelerator is None or self.accelerators.get(k) == accelerator)]
+                      if q and self.priors.get(k) and (accelerator is None or accelerator_of(k) == accelerator)]
             c = self._calib[accelerator] = statistics.median(ratios) if ratios else 1.0
         return c
 
@@ -230,8 +228,14 @@ class Estimator:
         return est
 
 
+def accelerator_of(key: str) -> str | None:
+    """The accelerator field of a shape key (:attr:`lorafarm.estimate.Shape.key`), None for a bare key."""
+    parts = key.split("|")
+    return parts[1] if len(parts) > 1 else None
+
+
 def request_estimate(estimator: Estimator, key: str, steps: int | None, prior_s: float | None,
                      accelerator: str | None = None) -> float | None:
     """A queued job's ``estimated_duration`` for the policy: the one formula the scheduler and the
     simulator share (so the same snapshot gives the same decision)."""
-    return estimator.duration(key, steps, prior_s, accelerator)
+    return estimator.duration(key, steps, prior_s, accelerator or accelerator_of(key))

@@ -14,10 +14,11 @@ already has ``max_queued`` queued jobs is rejected with the scheduler's reasons 
 
 The simulator trusts no policy: it checks every start against the free resources (a start that
 does not fit is refused and counted as a capacity violation) and every tenant's usage against
-its quota at each start (:func:`lorafarm.policy.within_quota`; counted as a quota violation). With ``estimates`` (the default)
-each queued job carries its true remaining duration as ``estimated_duration`` (what SJF needs,
-and what ``decide`` uses to order a tenant's own jobs); without, the policy sees exactly what
-the live scheduler passes today (no estimates). A preempted job goes back to the
+its quota at each start (:func:`lorafarm.policy.within_quota`; counted as a quota violation).
+``estimates`` says what each queued job carries as ``estimated_duration`` (:mod:`.estimates`):
+``"estimator"``, what the live scheduler's estimator would say (learned per shape from the jobs
+that finished, as the scheduler learns); ``True``/``"oracle"``, its true remaining duration (the
+bar no scheduler reaches); ``False``/``"none"``, nothing. A preempted job goes back to the
 queue with its original submission time and resumes from its last checkpoint (its remaining
 work), as a LoRA job does.
 """
@@ -27,7 +28,7 @@ from __future__ import annotations
 import heapq
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ..policy import (
     ClusterState,
@@ -42,6 +43,7 @@ from ..policy import (
 from ..policy.baselines import Policy
 from ..policy.pool import EPS
 from ..spec.tenants import TenantsConfig
+from .estimates import SimEstimates
 from .trace import SimJob
 
 FINISH, SUBMIT, TICK = 0, 1, 2  # at one instant: finishes free resources before submits queue
@@ -119,14 +121,14 @@ class Simulator:
 
     def __init__(self, jobs: Sequence[SimJob], cluster: ClusterSpec, tenants: TenantsConfig, policy: Policy,
                  policy_name: str = "lorafarm", tick_s: float | None = None, record_series: bool = True,
-                 estimates: bool = True):
+                 estimates: bool | str = True):
         self.jobs = list(jobs)
         self.cluster = cluster
         self.tenants = tenants
         self.policy = policy
         self.tick_s = tick_s
         self.record = record_series
-        self.estimates = estimates  # pass each job's (remaining) duration as its estimate
+        self.estimates = SimEstimates(estimates, self.jobs)  # what each job's estimated_duration is
         self.result = SimResult(policy_name, cluster, tenants, {j.job_id: JobOutcome(j) for j in self.jobs})
         if len(self.result.outcomes) != len(self.jobs):
             raise ValueError("job ids in the trace must be unique")
@@ -146,6 +148,7 @@ class Simulator:
         self.running: dict[str, RunningJob] = {}
         self.ends: dict[str, float] = {}
         self.remaining: dict[str, float] = {j.job_id: j.duration for j in self.jobs}
+        self.by_id = {j.job_id: j for j in self.jobs}
         self.usage: dict[str, Usage] = {}
         self.queued_count: Counter[str] = Counter()
         self.queued_gpus: dict[str, float] = {}
@@ -222,7 +225,7 @@ class Simulator:
         j = out.job
         req = JobRequest(j.job_id, j.tenant, j.workers, j.cpus_per_worker, j.gpus_per_worker,
                          job_priority(self.tenants, j.tenant, j.priority), j.submit_time,
-                         self.remaining[job_id] if self.estimates else None)
+                         self.estimates.estimate(j, self.remaining[job_id]))
         problems = submission_problems(req, self.tenants, self.capacity, self.queued_count)
         if problems:
             out.rejected = "; ".join(problems)
@@ -233,6 +236,7 @@ class Simulator:
 
     def _enqueue(self, req: JobRequest) -> None:
         self.queued[req.job_id] = req
+        self.estimates.queued(self.by_id[req.job_id])
         self.queued_count[req.tenant] += 1
         self.queued_gpus[req.tenant] += req.gpus
         self.queued_shapes[req.tenant][(req.workers, req.cpus, req.gpus)] += 1
@@ -240,6 +244,7 @@ class Simulator:
 
     def _dequeue(self, job_id: str) -> JobRequest:
         req = self.queued.pop(job_id)
+        self.estimates.dequeued(self.by_id[job_id])
         self.queued_count[req.tenant] -= 1
         self.queued_gpus[req.tenant] -= req.gpus
         shapes = self.queued_shapes[req.tenant]
@@ -251,6 +256,10 @@ class Simulator:
 
     def _decide(self, t: float, events: list, seq: int) -> bool:
         res = self.result
+        for job_id in self.estimates.stale():  # their shape learned: the estimate the scheduler would pass now
+            req = self.queued[job_id]
+            self.queued[job_id] = replace(req, estimated_duration=self.estimates.estimate(
+                self.by_id[job_id], self.remaining[job_id]))
         decision = self.policy(list(self.queued.values()), list(self.running.values()), self._state(),
                                self.tenants, t)
         res.decide_calls += 1
@@ -307,6 +316,7 @@ class Simulator:
                                               req.gpus_per_worker, req.priority, req.submitted_at, t,
                                               req.estimated_duration, tuple(placement))
         self.ends[req.job_id] = t + self.remaining[req.job_id]
+        self.estimates.started(self.by_id[req.job_id], req.estimated_duration)
         out = res.outcomes[req.job_id]
         if out.start is None:
             out.start = t
@@ -316,6 +326,7 @@ class Simulator:
         job = self.running.pop(job_id)
         self._take(job, job.placement, -1)
         self.result.outcomes[job_id].end = self.ends.pop(job_id)
+        self.estimates.finished(self.by_id[job_id])
 
     def _preempt(self, job_id: str, t: float) -> None:
         job = self.running.pop(job_id)
@@ -324,7 +335,8 @@ class Simulator:
         self.result.outcomes[job_id].preempted += 1
         self.result.preemptions += 1
         self._enqueue(JobRequest(job.job_id, job.tenant, job.workers, job.cpus_per_worker, job.gpus_per_worker,
-                                 job.priority, job.submitted_at, self.remaining[job_id] if self.estimates else None))
+                                 job.priority, job.submitted_at,
+                                 self.estimates.estimate(self.by_id[job_id], self.remaining[job_id])))
 
     # ------------------------------------------------------------------ accounting
     def _integrate(self, t0: float, t1: float) -> None:

@@ -10,6 +10,12 @@ lorafarm trace format (CSV with a header, or Parquet with the same columns)::
     duration         float   seconds the job runs once started (without preemption)
     priority         str     optional: priority class (empty = the tenant's default)
     cpus_per_worker  float   optional: CPUs each worker needs (default 1)
+    shape            str     optional: the job's shape key (what decides its step time; see
+                             :mod:`lorafarm.estimate.shape`); with ``steps`` the simulator's
+                             estimator learns step times per shape, as the scheduler does
+    steps            int     optional: optimizer steps (the spec's ``training.max_steps``)
+    prior_step_s     float   optional: the FLOPs prior's step time for the shape (what the
+                             estimator uses before any job of the shape has finished)
 
 Readers for public traces map their columns onto this (:func:`read_trace` picks by content):
 
@@ -39,7 +45,7 @@ from datetime import datetime
 from pathlib import Path
 
 COLUMNS = ("submit_time", "tenant", "job_id", "gpus_per_worker", "workers", "duration", "priority",
-           "cpus_per_worker")
+           "cpus_per_worker", "shape", "steps", "prior_step_s")
 FORMATS = ("lorafarm", "philly", "helios", "pai")
 _BAD_NAME = re.compile(r"[^a-z0-9-]+")
 
@@ -60,6 +66,9 @@ class SimJob:
     duration: float
     priority: str | None = None
     cpus_per_worker: float = 1.0
+    shape: str | None = None
+    steps: int | None = None
+    prior_step_s: float | None = None
 
     @property
     def gpus(self) -> float:
@@ -75,7 +84,7 @@ def normalise(jobs: Iterable[SimJob]) -> list[SimJob]:
     if t0 == 0:
         return out
     return [SimJob(j.job_id, j.tenant, j.submit_time - t0, j.workers, j.gpus_per_worker, j.duration,
-                   j.priority, j.cpus_per_worker) for j in out]
+                   j.priority, j.cpus_per_worker, j.shape, j.steps, j.prior_step_s) for j in out]
 
 
 def write_trace(jobs: Sequence[SimJob], path: str | Path) -> None:
@@ -97,7 +106,8 @@ def write_trace(jobs: Sequence[SimJob], path: str | Path) -> None:
 
 
 _FIELD = {"submit_time": "submit_time", "tenant": "tenant", "job_id": "job_id", "gpus_per_worker": "gpus_per_worker",
-          "workers": "workers", "duration": "duration", "priority": "priority", "cpus_per_worker": "cpus_per_worker"}
+          "workers": "workers", "duration": "duration", "priority": "priority", "cpus_per_worker": "cpus_per_worker",
+          "shape": "shape", "steps": "steps", "prior_step_s": "prior_step_s"}
 assert set(_FIELD.values()) == {f.name for f in fields(SimJob)}
 
 
@@ -177,6 +187,7 @@ def _row_job(row: dict, where: str) -> SimJob:
         raise TraceError(f"{where}: workers {workers} must be >= 1 — a job has at least one worker")
     cpus = row.get("cpus_per_worker")
     prio = row.get("priority")
+    shape, steps, prior = row.get("shape"), row.get("steps"), row.get("prior_step_s")
     return SimJob(
         job_id=str(row.get("job_id")), tenant=str(row.get("tenant")),
         submit_time=_num(row.get("submit_time"), where, "submit_time"), workers=workers,
@@ -184,6 +195,9 @@ def _row_job(row: dict, where: str) -> SimJob:
         duration=_num(row.get("duration"), where, "duration"),
         priority=None if prio in (None, "") else str(prio),
         cpus_per_worker=1.0 if cpus in (None, "") else _num(cpus, where, "cpus_per_worker"),
+        shape=None if shape in (None, "") else str(shape),
+        steps=None if steps in (None, "") else int(_num(steps, where, "steps", int)),
+        prior_step_s=None if prior in (None, "") else _num(prior, where, "prior_step_s"),
     )
 
 

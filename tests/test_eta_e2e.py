@@ -1,0 +1,76 @@
+"""Estimates through the real scheduler (`lorafarm serve` on a real Ray head, real training
+runs of tiny-llama): three queued jobs of different lengths behind a blocker start
+shortest-estimated-first within their tenant and band, and `status --json` carries ordered
+`eta_start`/`eta_end` while they wait (and `eta_end` for the running blocker, from its steps).
+
+Jobs are cancelled as soon as their start is seen: what is tested is the order of admission,
+not training, so the module takes about a minute on an idle machine."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from helpers import quickstart_spec, wait_for
+
+pytestmark = pytest.mark.integration
+
+TENANTS = "tenants:\n  default: {weight: 1}\n"
+
+
+def _spec(head, name: str, steps: int) -> dict:
+    return quickstart_spec("demo", name, head.tmp / "small.jsonl",
+                           training={"max_steps": steps, "warmup_steps": 0, "eval_every_steps": 0, "seq_len": 64,
+                                     "global_batch_size": 2, "micro_batch_size": 2, "checkpoint_every_steps": 100000},
+                           resources={"workers": 1, "cpus_per_worker": 2})
+
+
+def _submit(head, spec: dict) -> str:
+    path = head.tmp / f"{spec['name']}.yaml"
+    path.write_text(json.dumps(spec))
+    return head.lorafarm_json("submit", str(path))["job_id"]
+
+
+def _status(head, job_id: str) -> dict:
+    return head.lorafarm_json("status", job_id)
+
+
+@pytest.fixture(scope="module")
+def head(serve_cluster):
+    return serve_cluster(TENANTS, 3)  # 1 CPU kept for the scheduler: 2 for jobs, one job at a time
+
+
+def test_shortest_estimate_starts_first_and_etas_are_ordered(head):
+    blocker = _submit(head, _spec(head, "blocker", 100000))
+    wait_for(lambda: (_status(head, blocker).get("progress") or {}).get("step", 0) >= 3, 600,
+             "the blocker to train a few steps")
+    jobs = {name: _submit(head, _spec(head, name, steps)) for name, steps in (("long", 3000), ("short", 500),
+                                                                              ("mid", 1500))}
+    st = {name: _status(head, j) for name, j in jobs.items()}
+    now = time.time()
+    b = _status(head, blocker)
+    assert b["state"] == "RUNNING" and b["eta_start"] is None
+    assert b["eta_end"] is not None and b["eta_end"] > now  # remaining steps × its own step times
+    assert b["estimated_remaining_s"] == pytest.approx(b["eta_end"] - now, rel=0.5, abs=30)
+    for s in st.values():
+        assert s["state"] == "QUEUED"
+        assert s["eta_start"] is not None and s["eta_end"] > s["eta_start"] >= b["eta_end"] - 5
+    assert st["short"]["eta_start"] < st["mid"]["eta_start"] < st["long"]["eta_start"]
+    assert st["short"]["estimated_remaining_s"] < st["mid"]["estimated_remaining_s"] \
+        < st["long"]["estimated_remaining_s"]
+    text = head.lorafarm("status", jobs["mid"], check=True).stdout
+    assert "eta:" in text and "starts ~" in text and "ends ~" in text
+    listed = head.lorafarm("list", check=True).stdout
+    assert "start " in listed and "end " in listed
+
+    # admission order: each start is seen, then the job is cancelled so the next one is admitted
+    head.lorafarm("cancel", blocker, check=True)
+    started = []
+    for _ in range(3):
+        running = wait_for(lambda: [n for n, j in jobs.items() if n not in started
+                                    and _status(head, j)["state"] == "RUNNING"], 300, "the next job to start")
+        assert len(running) == 1, running
+        started.append(running[0])
+        head.lorafarm("cancel", jobs[running[0]], check=True)
+    assert started == ["short", "mid", "long"]  # submitted long, short, mid
