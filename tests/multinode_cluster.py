@@ -35,7 +35,8 @@ class TwoNodeCluster:
     def alive_nodes(self) -> int:
         proc = self.head.python("import ray; ray.init(log_to_driver=False); "
                                 "print(sum(1 for n in ray.nodes() if n['Alive']))")
-        return int(proc.stdout.strip().splitlines()[-1]) if proc.returncode == 0 else -1
+        counts = [line for line in proc.stdout.splitlines() if line.strip().isdigit()]
+        return int(counts[-1]) if proc.returncode == 0 and counts else -1
 
     def add_node(self) -> None:
         """Start the second raylet and wait until the cluster counts two alive nodes."""
@@ -43,7 +44,7 @@ class TwoNodeCluster:
         log = open(self.tmp / f"ray-worker-{self._starts}.log", "w")  # noqa: SIM115 - the process owns it
         self.worker = subprocess.Popen(
             [str(BIN / "ray"), "start", "--address", self.head.address, "--block", "--node-ip-address", "127.0.0.1",
-             "--num-cpus", str(self.cpus), "--disable-usage-stats",
+             "--num-cpus", str(self.cpus), "--disable-usage-stats", "--temp-dir", str(self.tmp / f"n{self._starts}"),
              "--node-manager-port", str(free_port()), "--object-manager-port", str(free_port()),
              "--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
              "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port()),
