@@ -90,7 +90,7 @@ def test_example_chat_data_streams_to_the_in_process_cache(tmp_path, tiny_tokeni
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("kind", ["jsonl", "parquet", "jsonl-s3", "parquet-s3"])
+@pytest.mark.parametrize("kind", ["jsonl", "parquet", "mixed-s3"])
 def test_multi_file_dataset_streams_to_the_in_process_cache(kind, tmp_path, tiny_tokenizer_dir, ray_session,
                                                             monkeypatch, request):
     _small_units(monkeypatch)
@@ -99,7 +99,13 @@ def test_multi_file_dataset_streams_to_the_in_process_cache(kind, tmp_path, tiny
         monkeypatch.setattr(pipeline.stream, "UNIT_BYTES", 4096)
         monkeypatch.setattr(pipeline.stream, "UNIT_ROWS", 100)
     local_dir = tmp_path / "data"
-    (_write_jsonl_files if kind.startswith("jsonl") else _write_parquet_files)(local_dir, sizes)
+    if kind == "mixed-s3":  # JSONL and Parquet files side by side
+        _write_jsonl_files(local_dir, sizes[:2])
+        _write_parquet_files(local_dir / "more", sizes[2:])
+        (local_dir / "more" / "part0.parquet").rename(local_dir / "part9.parquet")
+        (local_dir / "more").rmdir()
+    else:
+        (_write_jsonl_files if kind.startswith("jsonl") else _write_parquet_files)(local_dir, sizes)
     uri, store_root = str(local_dir), str(tmp_path / "store")
     if kind.endswith("s3"):
         import boto3
@@ -109,7 +115,7 @@ def test_multi_file_dataset_streams_to_the_in_process_cache(kind, tmp_path, tiny
         for f in sorted(local_dir.iterdir()):
             s3.put_object(Bucket=bucket, Key=f"ds/{f.name}", Body=f.read_bytes())
         uri, store_root = f"s3://{bucket}/ds", f"s3://{bucket}/store"
-    spec = cache_spec(uri, **{"training.packing": kind.startswith("jsonl")})
+    spec = cache_spec(uri, **{"training.packing": kind != "parquet"})
     local = prepare(spec, tiny_tokenizer_dir, Store.open(store_root + "-local"), parallel=False)
     _ray_only(monkeypatch)
     streamed = prepare(spec, tiny_tokenizer_dir, Store.open(store_root), parallel=True)

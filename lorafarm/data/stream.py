@@ -180,13 +180,15 @@ def run_ray(units: list[Unit], spec: JobSpec, tokenizer_dir: str, root: str, on_
     env = {k: v for k, v in os.environ.items() if k.startswith(("AWS_", "LORAFARM_", "HF_"))}
 
     def task(row: dict[str, Any]) -> dict[str, Any]:
+        # the store's endpoint and credentials as the driver sees them; set here rather than as a
+        # runtime_env, which would start fresh worker processes for every distinct environment
+        os.environ.update(env)
         unit = Unit(**{k: (int(v) if isinstance(v, np.integer) else v) for k, v in row.items()})
         return {"summary": pickle.dumps(encode_unit(unit, spec, tokenizer_dir, root))}
 
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False
     ds = ray.data.from_items(fields, override_num_blocks=len(fields))
-    extra = {"runtime_env": {"env_vars": env}} if env else {}
-    ds = ds.map(task, num_cpus=1, **extra)
+    ds = ds.map(task, num_cpus=1)
     for row in ds.iter_rows():
         on_unit(pickle.loads(row["summary"]))
