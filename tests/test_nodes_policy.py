@@ -259,3 +259,14 @@ def test_a_head_blocked_by_capacity_asks_the_autoscaler_and_clears_on_admit_and_
     core.autoscaler = AutoscaleRequests(False, asked.append)
     with pytest.raises(SpecError):
         _submit(core, 1, 3, "too-big")  # autoscaling off: refused by node shape
+
+
+def test_the_failure_simulator_shrinks_elastic_jobs_and_requeues_rigid_ones():
+    from lorafarm.sim.failures import FailureModel, make_trace, simulate
+
+    model = FailureModel(nodes=4, gpus_per_node=8, node_mtbf_s=6 * 3600, repair_s=2 * 3600)
+    rigid = simulate(make_trace(40, 3, model, 1.2, elastic=False), model, seed=3)
+    elastic = simulate(make_trace(40, 3, model, 1.2, elastic=True), model, seed=3)
+    assert rigid["finished"] == elastic["finished"] == 40 and rigid["node_failures"] > 5
+    assert rigid["resizes"] == 0 and elastic["resizes"] > 0
+    assert elastic["recovery_p95_min"] <= rigid["recovery_p95_min"]
