@@ -484,11 +484,14 @@ class SchedulerCore:
         the queue ahead and the estimates (:mod:`lorafarm.estimate.eta`); None when unknown."""
         if not any(s["state"] in ("QUEUED", "RUNNING") for s in summaries):
             return [{**s, "eta_start": None, "eta_end": None, "estimated_remaining_s": None} for s in summaries]
-        cluster = self.capacity.cluster(())
         now = self.clock.now()
+        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        cluster = self.capacity.cluster(running)  # what the policy sees: free now plus what running jobs hold
+        total_cpus = cluster.free_cpus + sum(j.cpus for j in running)
+        total_gpus = cluster.free_gpus + sum(j.gpus for j in running)
         classes, fallback = self.tenants.priority_classes, self.tenants.priority_value(self.tenants.default_priority)
         etas = self.estimates.etas(
-            self.jobs.values(), now, cluster.total_cpus, cluster.total_gpus,
+            self.jobs.values(), now, total_cpus, total_gpus,
             lambda r: (-classes.get(r.priority, fallback), self.estimates.queued_estimate(r) or math.inf,
                        r.submitted_at, r.job_id))
         out = []
