@@ -1,6 +1,6 @@
 """The tenant REST API (`lorafarm serve --api-port`) over real HTTP on a real served cluster:
 keys (none, wrong, another tenant's), a full job from POST to a verified adapter download,
-400s naming the field like the CLI, a body over the size limit, the CLI's --api mode."""
+400s naming the field like the CLI (the preflight included), a body over the size limit, the CLI's --api mode."""
 
 from __future__ import annotations
 
@@ -96,6 +96,15 @@ def test_bad_bodies_get_400_with_the_clis_field_lines_and_a_huge_body_413(api):
     assert r.status_code == 413 and f"larger than {MAX_BODY_BYTES} bytes" in r.json()["error"]
     chunked = requests.post(url, data=iter([b"{" + b" " * 65536] * 20), headers=h, timeout=30)  # no Content-Length
     assert chunked.status_code == 413
+    # the CLI's preflight runs on the server too: data missing and a target module that does not exist,
+    # both named at once; a file outside alice's reach is refused before it is read
+    unrunnable = _spec(api, "alice", "unrunnable")
+    unrunnable["dataset"]["uri"] = str(api.tmp / "missing.jsonl")
+    unrunnable["lora"]["target_modules"] = ["qkv_fused"]
+    r = requests.post(url, json=unrunnable, headers=h, timeout=120)
+    assert r.status_code == 400, r.text
+    problems = r.json()["problems"]
+    assert any(p.startswith("dataset.uri:") for p in problems) and any("qkv_fused" in p for p in problems), problems
     r = requests.get(f"{api.url}/v1/jobs/x/logs", params={"offset": "abc"}, headers=h, timeout=30)
     assert r.status_code == 400 and r.json()["problems"][0].startswith("offset:")
     assert _all_jobs(api) == []
@@ -105,6 +114,8 @@ def test_a_full_job_from_post_to_adapter_download(api, tmp_path):
     r = requests.post(f"{api.url}/v1/jobs", json=_spec(api, "alice", "rest-job"), headers=_h(ALICE), timeout=30)
     assert r.status_code == 201, r.text
     job = r.json()["job_id"]
+    assert any(n.startswith("training.checkpoint_every_steps: 50 is longer than the run's 2 steps")
+               for n in r.json()["notices"]), r.json()  # the preflight's caps come back
     assert requests.get(f"{api.url}/v1/jobs/{job}", headers=_h(BOB), timeout=30).status_code == 404
     assert requests.post(f"{api.url}/v1/jobs/{job}/cancel", headers=_h(BOB), timeout=30).status_code == 404
     assert requests.get(f"{api.url}/v1/jobs", headers=_h(BOB), timeout=30).json() == []

@@ -29,6 +29,7 @@ class Backend(Protocol):
     """What the app calls: the scheduler actor's methods (in-process), each taking ``key``."""
 
     def submit(self, spec: dict[str, Any], key: str | None = None) -> dict[str, Any]: ...
+    def submit_checked(self, spec: dict[str, Any], key: str | None = None) -> dict[str, Any]: ...
     def status(self, job_id: str, key: str | None = None) -> dict[str, Any]: ...
     def list(self, tenant: str | None = None, state: str | None = None, key: str | None = None) -> list: ...
     def events(self, job_id: str, key: str | None = None) -> list: ...
@@ -116,7 +117,8 @@ def create_app(backend: Backend) -> FastAPI:
         openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
             "schema": {"type": "object", "description": "A job spec (`lorafarm schema`), as JSON."}}}}})
     async def create_job(request: Request) -> JSONResponse:
-        """Queue a job from a spec (the JSON form of a spec file). 201 with the job's summary."""
+        """Queue a job from a spec (the JSON form of a spec file) after the CLI's preflight (data, base model,
+        target modules, labels): 201 with the job's summary and ``notices`` (intervals capped to the run)."""
         body = await _read_limited(request)
         if isinstance(body, JSONResponse):
             return body
@@ -130,7 +132,7 @@ def create_app(backend: Backend) -> FastAPI:
                                             "send the spec's fields as one object"]))
         from starlette.concurrency import run_in_threadpool
 
-        summary = await run_in_threadpool(backend.submit, spec, _key(request))
+        summary = await run_in_threadpool(backend.submit_checked, spec, _key(request))  # with the preflight
         return JSONResponse(summary, status_code=201)
 
     @app.get(f"/{API_VERSION}/jobs", responses=ERRORS)

@@ -23,7 +23,7 @@ from ..events import Event, RunOutcome, RunState, Step
 from ..metrics import Metrics
 from ..policy import decide, job_priority, submission_problems
 from ..policy.quota import Usage, usage_by_tenant, within_quota
-from ..spec import TenantsConfig, validate_spec
+from ..spec import JobSpec, TenantsConfig, validate_spec
 from ..storage import Store, new_job_id, read_manifest
 from .autoscale import AutoscaleRequests, autoscaling_enabled, gang_bundles
 from .elastic import NodeFollower, fit_for, job_nodes
@@ -112,10 +112,7 @@ class SchedulerCore:
     # (one team) or for in-process callers. A tenant acts only on its own jobs; admin on all.
     def submit(self, spec_dict: dict[str, Any], job_id: str | None = None, caller: Caller | None = None
                ) -> dict[str, Any]:
-        spec = validate_spec(spec_dict)
-        if caller is not None and not caller.may_act_for(spec.tenant):
-            raise Forbidden(f"tenant: {spec.tenant!r} is not the tenant of the key sent ({caller.tenant!r}) — a key "
-                            f"submits only its own tenant's jobs: set tenant: {caller.tenant}")
+        spec = self._owned_spec(spec_dict, caller)
         r = spec.resources
         record = JobRecord(
             job_id=job_id or new_job_id(spec.name), tenant=spec.tenant, name=spec.name,
@@ -140,6 +137,22 @@ class SchedulerCore:
             self.records.save(record)
             self.store.write_spec(spec.tenant, record.job_id, spec)
             return record.summary()
+
+    def checked_spec(self, spec_dict: dict[str, Any], caller: Caller | None = None) -> JobSpec:
+        """The spec, validated, the caller's own and within its tenant's trust rules — what must hold
+        before anything reads the data it names (the REST API's preflight runs after this)."""
+        spec = self._owned_spec(spec_dict, caller)
+        problems = trust_problems(spec, self.tenants, self.store.root)
+        if problems:
+            raise SpecError(problems)
+        return spec
+
+    def _owned_spec(self, spec_dict: dict[str, Any], caller: Caller | None) -> JobSpec:
+        spec = validate_spec(spec_dict)
+        if caller is not None and not caller.may_act_for(spec.tenant):
+            raise Forbidden(f"tenant: {spec.tenant!r} is not the tenant of the key sent ({caller.tenant!r}) — a key "
+                            f"submits only its own tenant's jobs: set tenant: {caller.tenant}")
+        return spec
 
     def status(self, job_id: str, caller: Caller | None = None) -> dict[str, Any]:
         with self.lock:

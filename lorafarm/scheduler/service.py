@@ -108,6 +108,18 @@ class Scheduler:
     def submit(self, spec: dict[str, Any], key: str | None = None) -> dict[str, Any]:
         return self._core().submit(spec, caller=self.caller(key))
 
+    def submit_checked(self, spec: dict[str, Any], key: str | None = None) -> dict[str, Any]:
+        """The REST API's submit: its clients run no preflight of their own, so the one the CLI runs
+        (data readable with its columns, base and targets found, a sample with labels) runs here —
+        after the key, tenant and trust checks, so nobody reads data they may not name. Every
+        problem at once (400), nothing queued; the capped intervals' notices come back."""
+        from ..api import prepare
+
+        core, caller = self._core(), self.caller(key)
+        notices: list[str] = []
+        ran, _report = prepare(core.checked_spec(spec, caller), on_notice=notices.append)
+        return {**core.submit(ran.model_dump(mode="json"), caller=caller), "notices": notices}
+
     def status(self, job_id: str, key: str | None = None) -> dict[str, Any]:
         return self._core().status(job_id, caller=self.caller(key))
 
