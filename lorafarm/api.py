@@ -200,9 +200,26 @@ def served_cluster() -> bool:
         return True
     if not os.environ.get("RAY_ADDRESS"):
         return False
+    if not _listening(os.environ["RAY_ADDRESS"]):  # Ray's own retries take minutes to give up on nothing
+        return False
     try:
         client.scheduler()
     except LorafarmError:
+        return False
+    return True
+
+
+def _listening(address: str, timeout: float = 3.0) -> bool:
+    """Whether anything accepts a connection at ``address`` (``host:port``, ``ray://host:port``);
+    True for what cannot be probed (``auto``, a bare host)."""
+    import socket
+
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return True
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout).close()
+    except OSError:
         return False
     return True
 

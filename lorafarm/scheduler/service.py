@@ -113,12 +113,11 @@ class Scheduler:
         (data readable with its columns, base and targets found, a sample with labels) runs here —
         after the key, tenant and trust checks, so nobody reads data they may not name. Every
         problem at once (400), nothing queued; the capped intervals' notices come back."""
-        from ..api import prepare
+        from ..preflight import check
 
         core, caller = self._core(), self.caller(key)
-        notices: list[str] = []
-        ran, _report = prepare(core.checked_spec(spec, caller), on_notice=notices.append)
-        return {**core.submit(ran.model_dump(mode="json"), caller=caller), "notices": notices}
+        ran, report = check(core.checked_spec(spec, caller))
+        return {**core.submit(ran.model_dump(mode="json"), caller=caller), "notices": report["notices"]}
 
     def status(self, job_id: str, key: str | None = None) -> dict[str, Any]:
         return self._core().status(job_id, caller=self.caller(key))
