@@ -32,12 +32,14 @@ TENANTS = textwrap.dedent("""
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def _spec(head, tenant: str, name: str, steps: int = 12) -> dict:
+def _spec(head, tenant: str, name: str, steps: int = 60) -> dict:
+    """60 steps (~0.2 s each here): long enough that a kill or a preemption lands mid-run, not after
+    the last step, however slow the CLI calls that trigger it are."""
     return quickstart_spec(
         tenant, name, head.tmp / "small.jsonl",
         lora={"dropout": 0.1},  # masks are seeded per row and step: a restart must not change them
         training={"max_steps": steps, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
-                  "micro_batch_size": 1, "checkpoint_every_steps": 2, "keep_last": 2},
+                  "micro_batch_size": 1, "checkpoint_every_steps": 4, "keep_last": 2},
         resources={"workers": 2, "cpus_per_worker": 1},
     )
 
