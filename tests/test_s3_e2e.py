@@ -115,8 +115,8 @@ def test_run_with_everything_on_s3_publishes_a_verified_adapter(s3_run, s3):
     cached = s3_objects(s3, bucket, "store/demo/_cache/tokenized/")
     stats = json.loads(next(v for k, v in cached.items() if k.endswith("/stats.json")))
     # the eval split is held out per row by a seeded hash (no pass over the data first): ~10%, not exactly 10%
-    assert stats["examples"] + stats["eval_examples"] == s3_run["lines"] and stats["skipped_bad_rows"] == 0
-    assert 0 < stats["eval_examples"] <= 0.25 * s3_run["lines"]
+    assert stats["examples"] + stats["eval_examples_read"] == s3_run["lines"] and stats["skipped_bad_rows"] == 0
+    assert 0 < stats["eval_examples"] <= stats["eval_examples_read"] <= 0.25 * s3_run["lines"]
     assert stats["rows"] == stats["examples"] - stats["all_masked_dropped"]
     assert any(k.endswith("/_SUCCESS") for k in cached)
     assert any(k.startswith(f"{k.split('/')[0]}/train/part-") and k.endswith(".parquet") for k in cached)

@@ -185,6 +185,7 @@ class _Merger:
             "label_tokens": int(n_labels["train"].sum()),
             "rows": len(n_labels["train"]),
             "eval_examples": index["eval"]["kept"],
+            "eval_examples_read": ev.examples,  # before all-masked eval rows are left out
             "eval_rows": len(n_labels["eval"]),
             "cache_files": len(index["train"]["files"]) + len(index["eval"]["files"]),
         }
