@@ -78,7 +78,7 @@ def measure(queued, running, cluster, tenants, seconds: float) -> dict:
             "considered_per_call": considered / calls, "started_per_call": started / calls}
 
 
-def core_bench(queued: int, tenants: int, ticks: int = 20) -> dict:
+def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ...] = ("busy", "idle")) -> dict:
     """Tick time (busy cluster) and admissions/s (idle cluster) through a real SchedulerCore."""
     import copy
     import statistics
@@ -119,6 +119,8 @@ def core_bench(queued: int, tenants: int, ticks: int = 20) -> dict:
     rng = random.Random(0)
     out: dict = {}
     for label, free in (("busy", 4), ("idle", queued + 1)):
+        if label not in states:
+            continue
         root = tempfile.mkdtemp(prefix="policy-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
         running = 500 if label == "busy" else 0
         core = SchedulerCore(Store.open(root), load_tenants(text), Clock(), Launcher(), Capacity(running + free))
@@ -129,8 +131,7 @@ def core_bench(queued: int, tenants: int, ticks: int = 20) -> dict:
             r = JobRecord(job_id=f"j{i:05d}", tenant=spec["tenant"], name=spec["name"], spec=spec, workers=1,
                           cpus_per_worker=1.0, submitted_at=Clock.t - rng.uniform(0, 6 * 3600),
                           state=JobState.QUEUED)
-            core.jobs[r.job_id] = r
-            core.logs.open(r.job_id)
+            core.adopt(r)
         if label == "busy":
             for r in list(core.jobs.values())[:running]:
                 core._start(r, Clock.t)

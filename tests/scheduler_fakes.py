@@ -89,8 +89,36 @@ def spec(tenant: str = "demo", name: str = "job", workers: int = 1, cpus: float 
     return s
 
 
+class CheckedCore(SchedulerCore):
+    """A SchedulerCore that checks after every tick, submit, cancel and report that its job index
+    (queue, running set, counts) is what a scan of every record says: a transition the index
+    missed fails the test that made it."""
+
+    def _check(self) -> None:
+        problems = self.index.problems(self.jobs.values())
+        assert not problems, problems
+
+    def tick(self) -> None:
+        super().tick()
+        self._check()
+
+    def submit(self, *a, **kw):
+        out = super().submit(*a, **kw)
+        self._check()
+        return out
+
+    def cancel(self, *a, **kw):
+        out = super().cancel(*a, **kw)
+        self._check()
+        return out
+
+    def report(self, *a, **kw) -> None:
+        super().report(*a, **kw)
+        self._check()
+
+
 def make_core(store: str | Path, tenants_text: str | None = None, clock: FakeClock | None = None,
               launcher: FakeLauncher | None = None, capacity: FakeCapacity | None = None,
               hang_timeout_s: float = 1800.0) -> SchedulerCore:
-    return SchedulerCore(Store.open(str(store)), load_tenants(tenants_text), clock or FakeClock(),
+    return CheckedCore(Store.open(str(store)), load_tenants(tenants_text), clock or FakeClock(),
                          launcher or FakeLauncher(), capacity or FakeCapacity(), hang_timeout_s=hang_timeout_s)

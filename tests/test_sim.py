@@ -340,10 +340,10 @@ def test_simulator_and_scheduler_core_make_the_same_decisions(tmp_path):
         core = make_core(tmp_path / f"store-{i}", tenants_text, FakeClock(now), launcher,
                          FakeCapacity(cpus=cluster.total_cpus, gpus=cluster.total_gpus))
         for job, state in [(q, JobState.QUEUED) for q in queued] + [(r, JobState.RUNNING) for r in running]:
-            core.jobs[job.job_id] = JobRecord(
+            core.adopt(JobRecord(
                 job_id=job.job_id, tenant=job.tenant, name=job.job_id, spec=runnable, priority=job.priority,
                 workers=job.workers, cpus_per_worker=job.cpus_per_worker, gpus_per_worker=job.gpus_per_worker,
-                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None))
+                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None)))
         core.tick()
         assert tuple(launcher.started) == sim_start, f"at t={now}: scheduler {launcher.started} vs simulator {sim_start}"
 
@@ -406,7 +406,6 @@ def test_simulator_and_scheduler_core_decide_alike_with_estimates(tmp_path, monk
 
     from scheduler_fakes import FakeCapacity, FakeClock, FakeLauncher, make_core, spec
 
-    import lorafarm.scheduler.core as core_module
     from lorafarm.estimate import Estimator
     from lorafarm.estimate.live import LiveEstimates
     from lorafarm.estimate.persist import save_estimator
@@ -445,8 +444,11 @@ def test_simulator_and_scheduler_core_decide_alike_with_estimates(tmp_path, monk
     assert len(snapshots) > 30
     assert sum(1 for q, *_ in snapshots for j in q if j.estimated_duration is not None) > 100
 
-    seen: list = []
-    monkeypatch.setattr(core_module, "decide", lambda q, *a: seen.append(q) or decide(q, *a))
+    from lorafarm.policy.queue import QueueIndex
+
+    seen: list = []  # the queue the core's policy call sees (its QueueIndex makes decide's decision)
+    index_decide = QueueIndex.decide
+    monkeypatch.setattr(QueueIndex, "decide", lambda self, *a: seen.append(list(self.jobs())) or index_decide(self, *a))
     for i, (queued, running, cluster, now, sim_start, estimator) in enumerate(snapshots[::3]):
         store = tmp_path / f"store-{i}"
         save_estimator(str(store), Estimator.from_json(json.loads(estimator)))
@@ -454,10 +456,10 @@ def test_simulator_and_scheduler_core_decide_alike_with_estimates(tmp_path, monk
         core = make_core(store, tenants_text, FakeClock(now), launcher,
                          FakeCapacity(cpus=cluster.total_cpus, gpus=cluster.total_gpus))
         for job, state in [(q, JobState.QUEUED) for q in queued] + [(r, JobState.RUNNING) for r in running]:
-            core.jobs[job.job_id] = JobRecord(
+            core.adopt(JobRecord(
                 job_id=job.job_id, tenant=job.tenant, name=job.job_id, spec=specs[job.job_id], priority=job.priority,
                 workers=job.workers, cpus_per_worker=job.cpus_per_worker, gpus_per_worker=job.gpus_per_worker,
-                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None))
+                submitted_at=job.submitted_at, state=state, started_at=getattr(job, "started_at", None)))
         seen.clear()
         core.tick()
         live = {j.job_id: j.estimated_duration for j in seen[0]}

@@ -33,7 +33,7 @@ from __future__ import annotations
 import bisect
 import heapq
 import math
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field
 
 from ..spec.tenants import TenantsConfig
@@ -101,6 +101,24 @@ def dominant_share(usage: Usage | None, cluster: ClusterState, weight: float) ->
     return max(cpu, gpu) / weight
 
 
+def queue_key(job: JobRequest, band: float, top: float, now: float, lift: Lift = LIFT) -> tuple[float, int, float, float, str]:
+    """Where ``job`` stands in its tenant's queue at ``now`` (smaller first): ``(-band, tier,
+    order, submitted, job id)`` with tier 0 for lifted jobs (ordered by their lift time) and 1
+    for the rest (ordered by estimate; the top band and unknown estimates by submission)."""
+    est = job.estimated_duration
+    after = lift_after(est, lift)
+    if now - job.submitted_at >= after:  # lifted: earliest lift time first (its deadline)
+        return (-band, 0, job.submitted_at + after, job.submitted_at, job.job_id)
+    if est is None or band == top:
+        est = math.inf  # the top band is served in submission order, so nothing starves there
+    return (-band, 1, est, job.submitted_at, job.job_id)
+
+
+def job_shape(job: JobRequest) -> tuple:
+    """What decides whether a gang can fit somewhere (``decide`` tries each shape once)."""
+    return (job.workers, job.cpus_per_worker, job.gpus_per_worker, job.spread, job.accelerator_type)
+
+
 def decide(
     queued: Sequence[JobRequest],
     running: Sequence[RunningJob],
@@ -108,10 +126,9 @@ def decide(
     tenants: TenantsConfig,
     now: float,
 ) -> Decision:
-    """The jobs to start now (in order), and whom to preempt for a blocked head, if allowed."""
-    usage = usage_by_tenant(running)
-    lift = LIFT
-
+    """The jobs to start now (in order), and whom to preempt for a blocked head, if allowed.
+    Ranks the whole queue (O(n)); :class:`~lorafarm.policy.queue.QueueIndex` keeps the same
+    order between calls and makes the same decision in O(tenants + jobs considered)."""
     # rank every queued job (the one O(n) pass) into its tenant's list, then sort each list
     levels = sorted(set(tenants.priority_classes.values()))
     top = levels[-1]
@@ -125,19 +142,30 @@ def decide(
         q = queues.get(job.tenant)
         if q is None:
             q = queues[job.tenant] = _TenantQueue(job.tenant)
-        est = job.estimated_duration
-        after = lift_after(est, lift)
-        if now - job.submitted_at >= after:  # lifted: earliest lift time first (its deadline)
-            q.jobs.append((-band, 0, job.submitted_at + after, job.submitted_at, job.job_id, len(q.jobs), job))
-        else:
-            if est is None or band == top:
-                est = math.inf  # the top band is served in submission order, so nothing starves there
-            q.jobs.append((-band, 1, est, job.submitted_at, job.job_id, len(q.jobs), job))
-        shapes.add((job.workers, job.cpus_per_worker, job.gpus_per_worker, job.spread, job.accelerator_type))
-    min_cpus = min((s[0] * s[1] for s in shapes), default=math.inf)  # the smallest gang of each resource
-    min_gpus = min((s[0] * s[2] for s in shapes), default=math.inf)
+        q.jobs.append((*queue_key(job, band, top, now), len(q.jobs), job))
+        shapes.add(job_shape(job))
     for q in queues.values():
         heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
+    return serve(queues, shapes, running, cluster, tenants)
+
+
+def serve(
+    queues: dict[str, _TenantQueue],
+    shapes: Collection[tuple],
+    running: Sequence[RunningJob],
+    cluster: ClusterState,
+    tenants: TenantsConfig,
+    popped: list | None = None,
+    clean=None,
+) -> Decision:
+    """The order of service over per-tenant heaps (best first): weighted DRF between tenants of
+    a band, whole gangs within quota, a reservation for the head, backfill behind it. Pops only
+    the jobs it considers (appended to ``popped`` when given); ``clean(q)`` drops stale heads."""
+    usage = usage_by_tenant(running)
+    min_cpus = min((s[0] * s[1] for s in shapes), default=math.inf)  # the smallest gang of each resource
+    min_gpus = min((s[0] * s[2] for s in shapes), default=math.inf)
+    n_shapes = len(shapes)
+    for q in queues.values():
         q.weight = tenants.weight(q.name)
 
     def key(q: _TenantQueue) -> tuple:
@@ -146,7 +174,12 @@ def decide(
             return (neg_band, 0, order, submitted, job_id, q.name)
         return (neg_band, 1, dominant_share(usage.get(q.name), cluster, q.weight), submitted, job_id, q.name)
 
-    heap = [(key(q), q.name) for q in queues.values()]
+    heap = []
+    for q in queues.values():
+        if clean is not None:
+            clean(q)
+        if q.jobs:
+            heap.append((key(q), q.name))
     heapq.heapify(heap)
 
     pool = Pool(cluster)
@@ -159,11 +192,14 @@ def decide(
         if pool.cpus <= EPS and pool.gpus <= EPS and (head is not None or not tenants.policy.preemption):
             break  # nothing left to give (every worker needs some CPU or GPU); with preemption on, find the head
         if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus
-                                 or len(pool.failed) >= len(shapes)):
+                                 or len(pool.failed) >= n_shapes):
             break  # after the head's reservation no queued job can fit any more: done
         _, name = heapq.heappop(heap)
         q = queues[name]
-        job = heapq.heappop(q.jobs)[6]
+        entry = heapq.heappop(q.jobs)
+        if popped is not None:
+            popped.append(entry)
+        job = entry[6]
         considered += 1
         u = usage.get(name)
         if u is None:
@@ -185,6 +221,8 @@ def decide(
                     if not tenants.policy.backfill:
                         break
                     pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker, job.accelerator_type)
+        if clean is not None:
+            clean(q)
         if q.jobs:
             heapq.heappush(heap, (key(q), name))
 

@@ -10,7 +10,6 @@ report is applied in :mod:`.reports`; what tenants hold and are charged in :mod:
 
 from __future__ import annotations
 
-import collections
 import math
 import threading
 import time
@@ -21,12 +20,13 @@ from ..errors import JobNotFound, SpecError
 from ..estimate.live import LiveEstimates
 from ..events import Event, RunOutcome, RunState, Step
 from ..metrics import Metrics
-from ..policy import decide, job_priority, submission_problems
+from ..policy import job_priority, submission_problems
 from ..policy.quota import Usage, usage_by_tenant, within_quota
 from ..spec import JobSpec, TenantsConfig, validate_spec
 from ..storage import Store, new_job_id, read_manifest
 from .autoscale import AutoscaleRequests, autoscaling_enabled, gang_bundles
 from .elastic import NodeFollower, fit_for, job_nodes
+from .jobindex import JobIndex
 from .joblog import JobLogs
 from .records import RecordStore
 from .reports import LiveRun, apply_event
@@ -52,6 +52,7 @@ class SchedulerCore:
         self.hang_timeout_s = hang_timeout_s
         self.lock = threading.RLock()
         self.jobs: dict[str, JobRecord] = {}
+        self.index = JobIndex(tenants)  # queued (in policy order) and running jobs, counts: no scans per tick
         self.live: dict[str, LiveRun] = {}  # job id -> its current run, while RUNNING
         self.logs = JobLogs()
         self.metrics = Metrics()
@@ -61,6 +62,9 @@ class SchedulerCore:
         self.estimates = LiveEstimates(store.root)  # learned step times, persisted in <store>/_service
         self.recover()
         self.estimates.learn_records(self.jobs.values())
+        self._generation = self.estimates.estimator.generation
+        for record in self.jobs.values():
+            self._moved(record)
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> None:
@@ -88,6 +92,13 @@ class SchedulerCore:
             elif record.state is JobState.VALIDATING:
                 record.transition(JobState.QUEUED, now, EventKind.RECOVERED, "scheduler restarted; queued")
                 self.records.save(record)
+
+    def adopt(self, record: JobRecord) -> None:
+        """Take in a record built elsewhere (a benchmark's or a replay's), as recovery does."""
+        with self.lock:
+            self.jobs[record.job_id] = record
+            self.logs.open(record.job_id)
+            self._moved(record)
 
     def _published_adapter(self, record: JobRecord) -> str | None:
         """The job's adapter URI when a complete adapter (manifest verified) is already in the store."""
@@ -126,12 +137,12 @@ class SchedulerCore:
             capacity = {"cpus": float("inf"), "gpus": float("inf")}
         with self.lock:
             if capacity is not None:
-                queued = collections.Counter(j.tenant for j in self.jobs.values() if j.state is JobState.QUEUED)
-                problems = submission_problems(record.request(), self.tenants, capacity, queued)
+                problems = submission_problems(record.request(), self.tenants, capacity, self.index.queued_by_tenant())
             if problems:
                 raise SpecError(problems)
             record.note(record.submitted_at, EventKind.SUBMITTED, f"submitted by tenant {spec.tenant}")
             self.jobs[record.job_id] = record
+            self._moved(record)
             self.logs.open(record.job_id)
             self._log(record.job_id, "queued")
             self.records.save(record)
@@ -196,6 +207,7 @@ class SchedulerCore:
             self._release(record)
             record.transition(JobState.CANCELLED, now, message="cancelled by request" + (
                 "; workers stopped" if stopped else ""))
+            self._moved(record)
             self.metrics.job_ended(record.tenant, job_id, "cancelled", self._duration(record), 0)
             record.reason = "cancelled"
             self._log(job_id, "cancelled")
@@ -224,6 +236,7 @@ class SchedulerCore:
         """Swap the tenants file (validated by the caller); queued and running jobs stay as they are."""
         with self.lock:
             self.tenants = tenants
+            self.index.queue.set_tenants(tenants)
 
     def ping(self) -> dict[str, Any]:
         with self.lock:
@@ -236,7 +249,7 @@ class SchedulerCore:
         self._reap()
         self._admit()
         with self.lock:
-            self.chargeback.tick(list(self.jobs.values()), self.tenants, self.clock.now())
+            self.chargeback.tick(self.index, self.tenants, self.clock.now())
 
     def _reap(self) -> None:
         with self.lock:
@@ -271,6 +284,7 @@ class SchedulerCore:
                 record.progress = {}
                 record.transition(JobState.QUEUED, now, EventKind.PREEMPTED,
                                   f"preempted: checkpoint at step {outcome.step}; re-queued, resumes from it")
+                self._moved(record)
                 self.metrics.preemptions.labels(record.tenant).inc()
                 self.metrics.drop_job(job_id)
                 self._log(job_id, f"preempted at step {outcome.step}; re-queued")
@@ -281,6 +295,7 @@ class SchedulerCore:
             record.adapter_uri = outcome.adapter_uri
             record.metrics = outcome.metrics or {}
             record.transition(state, now, message=record.reason or f"adapter at {record.adapter_uri}")
+            self._moved(record)
             self.metrics.job_ended(record.tenant, job_id, state.value.lower(), self._duration(record),
                                    outcome.adapter_bytes)
             self._log(job_id, f"{state.value.lower()}" + (f": {record.reason}" if record.reason else ""))
@@ -288,28 +303,35 @@ class SchedulerCore:
 
     def _admit(self) -> None:
         with self.lock:
-            queued = [j for j in self.jobs.values() if j.state is JobState.QUEUED]
-            if not queued:
+            queue = self.index.queue
+            if not len(queue):
                 self.autoscaler.clear()
-                if any(j.run_workers for j in self.jobs.values() if j.state is JobState.RUNNING):
+                if any(j.run_workers for j in self.index.running.values()):
                     self._grow_shrunk(self.clock.now())  # nothing waits: a shrunk job may grow back
                 return
             now = self.clock.now()
-            running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+            if self.estimates.estimator.generation != self._generation:  # something learned: estimates moved
+                self._generation = self.estimates.estimator.generation
+                for job_id in self.index.queued_ids():
+                    queue.put(self.estimates.request(self.jobs[job_id]), now)
+            running = self._running(now)
             t0 = time.perf_counter()  # the decision's own cost (a duration, not the clock)
-            decision = decide([self.estimates.request(j) for j in queued], running, self.capacity.cluster(running), self.tenants,
-                              now)
+            decision = queue.decide(running, self.capacity.cluster(running), now)  # = policy.decide on the queue
             self.metrics.decisions.inc()
             self.metrics.decision_seconds.observe(time.perf_counter() - t0)
             for job_id in decision.start:
-                self._start(self.jobs[job_id], now, decision.placements.get(job_id, ()))
+                record = self.jobs[job_id]
+                if record.state is not JobState.QUEUED:  # never: the index follows every transition
+                    queue.remove(job_id)
+                    continue
+                self._start(record, now, decision.placements.get(job_id, ()))
             if not decision.start and decision.reserved_for is None:
                 self._grow_shrunk(now)
             # with autoscaling on, a head that fits no node now is waiting for nodes too; on a full
             # cluster decide stops before it names a head: the oldest job still queued is it
-            waiting = [j for j in queued if j.state is JobState.QUEUED]
-            head = decision.reserved_for or next(iter(decision.never_fits), None) or (
-                min(waiting, key=lambda j: j.submitted_at).job_id if waiting and not decision.start else None)
+            head = decision.reserved_for or next(iter(decision.never_fits), None)
+            if head is None and not decision.start and self.autoscaler.enabled and len(queue):
+                head = min(queue.jobs(), key=lambda j: j.submitted_at).job_id
             self._ask_for_nodes(head, now)
             if decision.preempt and not any(run.preempting for run in self.live.values()):
                 for job_id in decision.preempt:  # one preemption at a time: victims free first
@@ -323,6 +345,7 @@ class SchedulerCore:
         self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, now - record.submitted_at))
         record.transition(JobState.RUNNING, now, EventKind.STARTED,
                           f"started with {record.workers} worker(s) (attempt {record.attempts})")
+        self._moved(record)
         self._log(record.job_id, f"started: {record.workers} worker(s)")
         self.records.save(record)
 
@@ -354,7 +377,7 @@ class SchedulerCore:
             return
         record = self.jobs[head]
         r = record.request()
-        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        running = self._running(now)
         if not within_quota(r, usage_by_tenant(running).get(record.tenant) or Usage(), self.tenants):
             self.autoscaler.clear()  # its quota holds it back, not capacity: more nodes would not help
             return
@@ -373,7 +396,7 @@ class SchedulerCore:
         """Compare the alive nodes with the last tick's: log joins, and stop every run that had
         workers on a node that left (resized or re-queued, see :meth:`_node_lost`)."""
         with self.lock:
-            running = [j.running(self.clock.now()) for j in self.jobs.values() if j.state is JobState.RUNNING]
+            running = self._running(self.clock.now())
         cluster = self.capacity.cluster(running)
         if cluster.nodes is None:
             return
@@ -385,7 +408,7 @@ class SchedulerCore:
             for node in lost:
                 print(f"lorafarm scheduler: node {node.name[:12]} ({node.ip}) left", flush=True)
             if gone:
-                for record in [j for j in self.jobs.values() if j.state is JobState.RUNNING]:
+                for record in list(self.index.running.values()):
                     if job_nodes(record) & set(gone):
                         self._node_lost(record, [gone[n] for n in job_nodes(record) & set(gone)])
 
@@ -430,7 +453,7 @@ class SchedulerCore:
     def _resize(self, record: JobRecord, now: float, why: str) -> None:
         """Restart the job (its run has stopped) at the largest size that fits now, or re-queue it."""
         before = record.run_workers or record.workers
-        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        running = self._running(now)
         fit = fit_for(record, self.capacity.cluster(running), tuple(record.placement))
         step = record.last_checkpoint_step
         if fit is None:
@@ -439,6 +462,7 @@ class SchedulerCore:
             record.transition(JobState.QUEUED, now, EventKind.NODE_LOST if "lost" in why else EventKind.STATE,
                               f"{why}: {before} worker(s) no longer fit (at least {record.min_workers} needed); "
                               "re-queued, resumes from " + (f"checkpoint step {step}" if step else "the start"))
+            self._moved(record)
             self._log(record.job_id, "re-queued: the gang no longer fits")
             self._persist(record)
             return
@@ -457,10 +481,10 @@ class SchedulerCore:
         one) fits again checkpoints and restarts larger (one job at a time)."""
         if any(run.preempting for run in self.live.values()):
             return
-        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
-        for record in self.jobs.values():
+        running = self._running(now)
+        for record in list(self.index.running.values()):
             run = self.live.get(record.job_id)
-            if record.state is not JobState.RUNNING or not record.run_workers or run is None:
+            if not record.run_workers or run is None:
                 continue
             fit = fit_for(record, self.capacity.cluster(running), tuple(record.placement))
             if fit is not None and fit[0] > record.run_workers:
@@ -498,7 +522,7 @@ class SchedulerCore:
         if not any(s["state"] in ("QUEUED", "RUNNING") for s in summaries):
             return [{**s, "eta_start": None, "eta_end": None, "estimated_remaining_s": None} for s in summaries]
         now = self.clock.now()
-        running = [j.running(now) for j in self.jobs.values() if j.state is JobState.RUNNING]
+        running = self._running(now)
         cluster = self.capacity.cluster(running)  # what the policy sees: free now plus what running jobs hold
         total_cpus = cluster.free_cpus + sum(j.cpus for j in running)
         total_gpus = cluster.free_gpus + sum(j.gpus for j in running)
@@ -520,6 +544,15 @@ class SchedulerCore:
         return out
 
     # ---------------------------------------------------------------- helpers
+    def _moved(self, record: JobRecord) -> None:
+        """Keep :attr:`index` true: called after every state change (and insertion) of a record."""
+        self.index.moved(record, self.estimates.request(record) if record.state is JobState.QUEUED else None,
+                         self.clock.now())
+
+    def _running(self, now: float) -> list:
+        """The running jobs as the policy sees them (current size and nodes)."""
+        return self.index.running_jobs(now)
+
     def _get(self, job_id: str, caller: Caller | None = None) -> JobRecord:
         record = self.jobs.get(job_id)
         if record is None or (caller is not None and not caller.may_act_for(record.tenant)):  # others' are unseen

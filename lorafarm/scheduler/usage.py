@@ -6,7 +6,7 @@ from __future__ import annotations
 import collections
 from collections.abc import Collection
 
-from ..metrics import Metrics
+from ..metrics import STATES, Metrics
 from ..policy import Usage
 from ..spec import TenantsConfig
 from .state import JobRecord, JobState
@@ -45,24 +45,32 @@ def tenants_usage(jobs: Collection[JobRecord], tenants: TenantsConfig) -> list[d
 
 
 class Chargeback:
-    """Resource-seconds held by running jobs, and the per-tenant gauges, updated every tick."""
+    """Resource-seconds held by running jobs, and the per-tenant gauges, updated every tick from
+    the :class:`~lorafarm.scheduler.jobindex.JobIndex` (what runs, what waits, counts): its cost
+    grows with tenants, not with the records the store holds."""
 
     def __init__(self, metrics: Metrics, now: float):
         self.metrics = metrics
         self.last = now
+        self._set: dict[tuple, float] = {}  # (gauge, labels) -> value last set: unchanged gauges are left alone
 
-    def tick(self, jobs: Collection[JobRecord], tenants: TenantsConfig, now: float) -> None:
+    def _gauge(self, gauge, labels: tuple[str, ...], value: float) -> None:
+        key = (id(gauge), labels)
+        if self._set.get(key) != value:
+            gauge.labels(*labels).set(value)
+            self._set[key] = value
+
+    def tick(self, index, tenants: TenantsConfig, now: float) -> None:
         m = self.metrics
         dt, self.last = now - self.last, now
-        names = tenant_names(jobs, tenants)
-        m.set_job_counts(collections.Counter((j.tenant, j.state.value) for j in jobs), names)
-        oldest = dict.fromkeys(names, 0.0)
-        for j in jobs:
-            if j.state is JobState.QUEUED:
-                oldest[j.tenant] = max(oldest[j.tenant], now - j.submitted_at)
-        for tenant, age in oldest.items():
-            m.oldest_queued.labels(tenant).set(age)
-        held = held_by_tenant(jobs)
+        names = {*tenants.tenant_names(), *(t for (t, _), n in index.counts.items() if n)}
+        for tenant in names:
+            for state in STATES:
+                self._gauge(m.jobs, (tenant, state), index.counts.get((tenant, state), 0))
+        oldest = index.queue.oldest_submitted()
+        for tenant in names:
+            self._gauge(m.oldest_queued, (tenant,), max(0.0, now - oldest[tenant]) if tenant in oldest else 0.0)
+        held = held_by_tenant(index.running.values())
         for tenant in names:
             u = held.get(tenant, Usage())
             if u.gpus:
@@ -71,7 +79,7 @@ class Chargeback:
                 m.cpu_seconds.labels(tenant).inc(u.cpus * dt)
             resources = {"workers": u.workers, "cpus": u.cpus, "gpus": u.gpus}
             for resource, value in resources.items():
-                m.usage.labels(tenant, resource).set(value)
+                self._gauge(m.usage, (tenant, resource), value)
             for resource, value in tenants.quota_dict(tenant).items():
                 if isinstance(value, int | float) and resource in resources:
-                    m.quota.labels(tenant, resource).set(value)
+                    self._gauge(m.quota, (tenant, resource), value)
