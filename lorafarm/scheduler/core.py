@@ -53,6 +53,7 @@ class SchedulerCore:
         self.lock = threading.RLock()
         self.jobs: dict[str, JobRecord] = {}
         self.index = JobIndex(tenants)  # queued (in policy order) and running jobs, counts: no scans per tick
+        self._specs: dict[str, JobSpec] = {}  # job id -> its validated spec, until it ends (validated once)
         self.live: dict[str, LiveRun] = {}  # job id -> its current run, while RUNNING
         self.logs = JobLogs()
         self.metrics = Metrics()
@@ -94,8 +95,11 @@ class SchedulerCore:
                 self.records.save(record)
 
     def adopt(self, record: JobRecord) -> None:
-        """Take in a record built elsewhere (a benchmark's or a replay's), as recovery does."""
+        """Take in a record built elsewhere (a benchmark's or a replay's), its spec validated as
+        a submission's is (SpecError when it does not)."""
+        spec = validate_spec(record.spec)
         with self.lock:
+            self._specs[record.job_id] = spec
             self.jobs[record.job_id] = record
             self.logs.open(record.job_id)
             self._moved(record)
@@ -142,6 +146,7 @@ class SchedulerCore:
                 raise SpecError(problems)
             record.note(record.submitted_at, EventKind.SUBMITTED, f"submitted by tenant {spec.tenant}")
             self.jobs[record.job_id] = record
+            self._specs[record.job_id] = spec
             self._moved(record)
             self.logs.open(record.job_id)
             self._log(record.job_id, "queued")
@@ -352,11 +357,13 @@ class SchedulerCore:
     def _launch(self, record: JobRecord, now: float, workers: int, placement) -> bool:
         """Start a run of the job on ``workers`` workers (planned on ``placement``); False when
         its spec no longer validates (it has failed then)."""
-        try:
-            spec = validate_spec(record.spec)
-        except SpecError as e:  # a record older than a change to the schema: it can never run
-            self._finish(record.job_id, RunOutcome.failed(f"{type(e).__name__}: {e}"))
-            return False
+        spec = self._specs.get(record.job_id)
+        if spec is None:  # recovered: validated once, at its first start under this scheduler
+            try:
+                spec = self._specs[record.job_id] = validate_spec(record.spec)
+            except SpecError as e:  # a record older than a change to the schema: it can never run
+                self._finish(record.job_id, RunOutcome.failed(f"{type(e).__name__}: {e}"))
+                return False
         if workers != spec.resources.workers:  # an elastic job on fewer workers: same global batch
             spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"workers": workers})})
         pinned = {"placement": tuple(placement)} if placement else {}  # only per-node clusters have one
@@ -546,6 +553,8 @@ class SchedulerCore:
     # ---------------------------------------------------------------- helpers
     def _moved(self, record: JobRecord) -> None:
         """Keep :attr:`index` true: called after every state change (and insertion) of a record."""
+        if record.state.is_terminal():
+            self._specs.pop(record.job_id, None)
         self.index.moved(record, self.estimates.request(record) if record.state is JobState.QUEUED else None,
                          self.clock.now())
 

@@ -15,6 +15,7 @@ from .store import (
     read_manifest,
     sha256_file,
     write_bytes,
+    write_local,
 )
 from .uri import (
     canonical,
@@ -54,4 +55,5 @@ __all__ = [
     "sha256_file",
     "with_retries",
     "write_bytes",
+    "write_local",
 ]

@@ -123,6 +123,12 @@ def write_bytes(uri: str, data: bytes) -> None:
         _remote(uri, "writing", lambda: fs.pipe_file(path, data))
         return
     Path(path).parent.mkdir(parents=True, exist_ok=True)
+    write_local(path, data)
+
+
+def write_local(path: str, data: bytes) -> None:
+    """Write a local file atomically and durably: a temp file beside it, fsync, rename (its
+    directory must exist)."""
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
     with open(tmp, "wb") as f:
         f.write(data)
