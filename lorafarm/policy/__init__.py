@@ -1,8 +1,10 @@
 """Pure scheduling decisions: no Ray, no torch, no I/O.
 
-The scheduler actor and ``lorafarm simulate`` call the same :func:`decide` with plain values,
-so what the simulator shows at cluster scale is what the live service does; both admit
-submissions with :func:`submission_problems` and count quotas with :mod:`.quota`.
+``lorafarm simulate`` calls :func:`decide` with plain values; the scheduler keeps its queue in a
+:class:`~lorafarm.policy.queue.QueueIndex`, which makes exactly ``decide``'s decision without
+ranking the whole queue on every tick, so what the simulator shows at cluster scale is what the
+live service does; both admit submissions with :func:`submission_problems` and count quotas with
+:mod:`.quota`.
 """
 
 from .admit import check_admissible
