@@ -350,3 +350,32 @@ def test_typed_events_update_progress_logs_and_metrics(env):
     assert saved["placement_groups"] == ["pg-a", "pg-b"]  # a new scheduler finds them
     lines, total, done = core.logs_since(job, 3)
     assert total == len(core.logs_since(job)[0]) and len(lines) == total - 3 and not done
+
+
+# -- the queue index ---------------------------------------------------------------------------
+
+
+def test_new_estimates_reach_a_short_queue_at_once_and_a_long_one_every_refresh_interval(env, monkeypatch):
+    import lorafarm.scheduler.core as core_module
+
+    core, clock, launcher, _ = env
+    jobs = [_submit(core, clock, name=f"j{i}") for i in range(4)]
+    core.tick()  # two start (2 CPUs), two wait
+    waiting = [j for j in jobs if core.jobs[j].state is JobState.QUEUED]
+    assert len(waiting) == 2
+    key = core.estimates.shape(core.jobs[waiting[0]]).key
+    before = core.index.queue.get(waiting[0]).estimated_duration
+
+    core.estimates.estimator.learn(key, 50.0)  # a finished job of that shape was slow
+    core.tick()
+    after = core.index.queue.get(waiting[0]).estimated_duration
+    assert after != before and after == core.estimates.queued_estimate(core.jobs[waiting[0]])  # short queue: now
+
+    monkeypatch.setattr(core_module, "REFRESH_EVERY_TICK", 1)  # the queue counts as long from here on
+    core.estimates.estimator.learn(key, 500.0)
+    core.tick()
+    assert core.index.queue.get(waiting[0]).estimated_duration == after  # not yet
+    clock.advance(core_module.ESTIMATE_REFRESH_S)
+    core.tick()
+    assert core.index.queue.get(waiting[0]).estimated_duration == core.estimates.queued_estimate(core.jobs[waiting[0]])
+    assert core.index.queue.get(waiting[0]).estimated_duration > after

@@ -40,6 +40,8 @@ class LiveEstimates:
         self.estimator = load_estimator(store_root)
         self._shapes: dict[str, JobShape] = {}
         self._requests: dict[str, tuple[tuple, Any]] = {}  # job id -> (cache key, JobRequest)
+        self._durations: dict[tuple, float | None] = {}  # (shape, steps, prior, accelerator) -> estimate, this generation
+        self._durations_generation = -1
         self._version = 0  # bumped whenever an estimate may have changed
 
     # ------------------------------------------------------------ shapes
@@ -73,7 +75,13 @@ class LiveEstimates:
         steps = self.steps(record)
         if steps and record.last_checkpoint_step:
             steps = max(1, steps - int(record.last_checkpoint_step))
-        return request_estimate(self.estimator, s.key, steps, s.prior_s, s.accelerator)
+        if self._durations_generation != self.estimator.generation:  # something learned: figures moved
+            self._durations.clear()
+            self._durations_generation = self.estimator.generation
+        key = (s.key, steps, s.prior_s, s.accelerator)  # queued jobs share a few of these: one figure each
+        if key not in self._durations:
+            self._durations[key] = request_estimate(self.estimator, s.key, steps, s.prior_s, s.accelerator)
+        return self._durations[key]
 
     def request(self, record: Any) -> Any:
         """``record.request(estimate)``, cached until the estimate can have changed (a tick with

@@ -21,7 +21,7 @@ from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from ..spec.tenants import TenantsConfig
-from .decide import HOUR, LIFT, Lift, _TenantQueue, job_shape, lift_after, queue_key, ranks, serve
+from .decide import HOUR, LIFT, Lift, _TenantQueue, job_shape, lift_after, queue_key, serve
 from .types import ClusterState, Decision, JobRequest, RunningJob
 
 MARGIN_S = 1e-3  # re-key a little early: float sums near a boundary must never be missed
@@ -77,6 +77,8 @@ class QueueIndex:
         self.tenants = tenants
         self._levels = sorted(set(tenants.priority_classes.values()))
         self._aging = tenants.policy.aging_per_hour
+        self._classes = dict(tenants.priority_classes)  # looked up once: ranks() reads them per call
+        self._fallback = tenants.priority_value(tenants.default_priority)
         jobs = list(self._jobs.values())
         self._jobs.clear()
         self._entry.clear()
@@ -138,7 +140,10 @@ class QueueIndex:
 
     # ------------------------------------------------------------ keys over time
     def _band(self, job: JobRequest, now: float) -> float:
-        value = ranks((job,), self.tenants, now)[0]
+        """:func:`~lorafarm.policy.decide.ranks`' value rounded down to a class (its band)."""
+        waited = now - job.submitted_at
+        value = self._classes.get(job.priority, self._fallback) + (
+            self._aging * (waited // HOUR) if waited >= HOUR else 0.0)
         return self._levels[bisect.bisect_right(self._levels, value) - 1]
 
     def _key(self, job: JobRequest, now: float) -> None:

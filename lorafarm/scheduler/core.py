@@ -36,6 +36,10 @@ from .trust import trust_problems
 from .usage import Chargeback, tenants_usage
 
 ENDED = {RunState.SUCCEEDED: JobState.SUCCEEDED, RunState.FAILED: JobState.FAILED}
+# new estimates reach a queue of up to this many jobs on the tick they are learned; a longer
+# queue takes them at most every ESTIMATE_REFRESH_S (re-estimating it costs ~1 µs a job)
+REFRESH_EVERY_TICK = 2_000
+ESTIMATE_REFRESH_S = 10.0
 
 
 class SchedulerCore:
@@ -64,6 +68,7 @@ class SchedulerCore:
         self.recover()
         self.estimates.learn_records(self.jobs.values())
         self._generation = self.estimates.estimator.generation
+        self._refreshed_at = clock.now()
         for record in self.jobs.values():
             self._moved(record)
 
@@ -315,10 +320,9 @@ class SchedulerCore:
                     self._grow_shrunk(self.clock.now())  # nothing waits: a shrunk job may grow back
                 return
             now = self.clock.now()
-            if self.estimates.estimator.generation != self._generation:  # something learned: estimates moved
-                self._generation = self.estimates.estimator.generation
-                for job_id in self.index.queued_ids():
-                    queue.put(self.estimates.request(self.jobs[job_id]), now)
+            if self.estimates.estimator.generation != self._generation and (
+                    len(queue) <= REFRESH_EVERY_TICK or now - self._refreshed_at >= ESTIMATE_REFRESH_S):
+                self._refresh_estimates(now)
             running = self._running(now)
             t0 = time.perf_counter()  # the decision's own cost (a duration, not the clock)
             decision = queue.decide(running, self.capacity.cluster(running), now)  # = policy.decide on the queue
@@ -549,6 +553,17 @@ class SchedulerCore:
                         "eta_end": end if s["state"] in ("QUEUED", "RUNNING") else None,
                         "estimated_remaining_s": None if left is None else round(left, 3)})
         return out
+
+    def _refresh_estimates(self, now: float) -> None:
+        """Something was learned: give the queue the new estimates (re-keying only the jobs whose
+        figure moved). O(queued), so a long queue takes them at most every ``ESTIMATE_REFRESH_S``."""
+        self._generation = self.estimates.estimator.generation
+        self._refreshed_at = now
+        queue = self.index.queue
+        for job_id in self.index.queued_ids():
+            request = self.estimates.request(self.jobs[job_id])
+            if request != queue.get(job_id):
+                queue.put(request, now)
 
     # ---------------------------------------------------------------- helpers
     def _moved(self, record: JobRecord) -> None:
