@@ -167,6 +167,19 @@ def test_same_seed_gives_byte_identical_summaries(generated):
     assert dumps([summarize(simulate(other, ClusterSpec(64, nodes=8), GEN_TENANTS, "lorafarm"))]) != one
 
 
+@pytest.mark.parametrize("estimates", ["estimator", False])
+def test_the_queue_index_replays_exactly_as_decide_over_the_whole_queue(generated, estimates):
+    """lorafarm's policy in the simulator keeps its queue in a QueueIndex; a wrapper of decide
+    (not decide itself) takes the O(n)-per-call path: every start, end and figure is the same."""
+    tenants = load_tenants(tenants_yaml(6, 64))
+    indexed = Simulator(generated, ClusterSpec(64, nodes=8), tenants, decide, estimates=estimates)
+    plain = Simulator(generated, ClusterSpec(64, nodes=8), tenants, lambda *a: decide(*a), estimates=estimates)
+    assert indexed.index is not None and plain.index is None
+    a, b = indexed.run(), plain.run()
+    assert {k: (o.start, o.end) for k, o in a.outcomes.items()} == {k: (o.start, o.end) for k, o in b.outcomes.items()}
+    assert dumps([summarize(a)]) == dumps([summarize(b)]) and a.decide_calls == b.decide_calls
+
+
 def test_generator_shapes():
     jobs = generate(3000, seed=1, gpus=1000, tenants=50)
     assert len({j.job_id for j in jobs}) == 3000

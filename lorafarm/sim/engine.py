@@ -36,12 +36,14 @@ from ..policy import (
     NodeState,
     RunningJob,
     Usage,
+    decide,
     job_priority,
     submission_problems,
     within_quota,
 )
 from ..policy.baselines import Policy
 from ..policy.pool import EPS
+from ..policy.queue import QueueIndex
 from ..spec.tenants import TenantsConfig
 from .estimates import SimEstimates
 from .trace import SimJob
@@ -145,6 +147,9 @@ class Simulator:
             self.node_names = None
         self.capacity = self._state()
         self.queued: dict[str, JobRequest] = {}
+        # lorafarm's own policy keeps its queue in order between calls, as the scheduler does
+        # (QueueIndex: exactly decide's decision, without ranking the whole queue every call)
+        self.index = QueueIndex(tenants) if policy is decide else None
         self.running: dict[str, RunningJob] = {}
         self.ends: dict[str, float] = {}
         self.remaining: dict[str, float] = {j.job_id: j.duration for j in self.jobs}
@@ -236,6 +241,8 @@ class Simulator:
 
     def _enqueue(self, req: JobRequest) -> None:
         self.queued[req.job_id] = req
+        if self.index is not None:
+            self.index.put(req, self.now)
         self.estimates.queued(self.by_id[req.job_id])
         self.queued_count[req.tenant] += 1
         self.queued_gpus[req.tenant] += req.gpus
@@ -244,6 +251,8 @@ class Simulator:
 
     def _dequeue(self, job_id: str) -> JobRequest:
         req = self.queued.pop(job_id)
+        if self.index is not None:
+            self.index.remove(job_id)
         self.estimates.dequeued(self.by_id[job_id])
         self.queued_count[req.tenant] -= 1
         self.queued_gpus[req.tenant] -= req.gpus
@@ -258,10 +267,15 @@ class Simulator:
         res = self.result
         for job_id in self.estimates.stale():  # their shape learned: the estimate the scheduler would pass now
             req = self.queued[job_id]
-            self.queued[job_id] = replace(req, estimated_duration=self.estimates.estimate(
+            self.queued[job_id] = req = replace(req, estimated_duration=self.estimates.estimate(
                 self.by_id[job_id], self.remaining[job_id]))
-        decision = self.policy(list(self.queued.values()), list(self.running.values()), self._state(),
-                               self.tenants, t)
+            if self.index is not None:
+                self.index.put(req, t)
+        if self.index is not None:
+            decision = self.index.decide(list(self.running.values()), self._state(), t)
+        else:
+            decision = self.policy(list(self.queued.values()), list(self.running.values()), self._state(),
+                                   self.tenants, t)
         res.decide_calls += 1
         res.considered += decision.considered
         for job_id in decision.start:
