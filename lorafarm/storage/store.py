@@ -130,10 +130,14 @@ def write_local(path: str, data: bytes) -> None:
     """Write a local file atomically and durably: a temp file beside it, fsync, rename (its
     directory must exist)."""
     tmp = f"{path}.tmp-{secrets.token_hex(4)}"
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o666)  # as open(): the umask applies; unbuffered
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
     os.replace(tmp, path)
 
 
