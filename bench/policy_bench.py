@@ -133,6 +133,7 @@ def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ..
             spec = copy.deepcopy(base)
             spec.update(tenant=rng.choice(names), name=f"j{i}")
             spec["training"]["max_steps"] = rng.choice([10, 60, 200, 1000])
+            spec["resources"].update(workers=1, cpus_per_worker=1.0)  # as the record says: one worker, one CPU
             r = JobRecord(job_id=f"j{i:05d}", tenant=spec["tenant"], name=spec["name"], spec=spec, workers=1,
                           cpus_per_worker=1.0, submitted_at=Clock.t - rng.uniform(0, 6 * 3600),
                           state=JobState.QUEUED)
