@@ -379,3 +379,19 @@ def test_new_estimates_reach_a_short_queue_at_once_and_a_long_one_every_refresh_
     core.tick()
     assert core.index.queue.get(waiting[0]).estimated_duration == core.estimates.queued_estimate(core.jobs[waiting[0]])
     assert core.index.queue.get(waiting[0]).estimated_duration > after
+
+
+def test_a_job_the_index_lost_is_found_by_the_next_reconcile(env, capsys):
+    import lorafarm.scheduler.core as core_module
+
+    core, clock, launcher, _ = env
+    job = _submit(core, clock, name="lost")
+    core.index.queue.remove(job)  # as if a state change had bypassed the index
+    core.index.counts.clear()
+    SchedulerCore = type(core).__mro__[1]  # the real tick, without the fake's per-tick check
+    SchedulerCore.tick(core)
+    assert launcher.started == []  # not before the reconcile interval
+    clock.advance(core_module.RECONCILE_S)
+    core.tick()
+    assert launcher.started == [job] and core.jobs[job].state is JobState.RUNNING
+    assert "job index rebuilt" in capsys.readouterr().out

@@ -40,6 +40,7 @@ ENDED = {RunState.SUCCEEDED: JobState.SUCCEEDED, RunState.FAILED: JobState.FAILE
 # queue takes them at most every ESTIMATE_REFRESH_S (re-estimating it costs ~1 µs a job)
 REFRESH_EVERY_TICK = 2_000
 ESTIMATE_REFRESH_S = 10.0
+RECONCILE_S = 60.0  # how often the job index is compared with a scan of every record (O(records))
 
 
 class SchedulerCore:
@@ -68,7 +69,7 @@ class SchedulerCore:
         self.recover()
         self.estimates.learn_records(self.jobs.values())
         self._generation = self.estimates.estimator.generation
-        self._refreshed_at = clock.now()
+        self._refreshed_at = self._reconciled_at = clock.now()
         for record in self.jobs.values():
             self._moved(record)
 
@@ -257,6 +258,7 @@ class SchedulerCore:
         """Follow nodes, reap ended runs, fail hung ones, admit what the policy says, charge and update gauges."""
         self._follow_nodes()
         self._reap()
+        self._reconcile()
         self._admit()
         with self.lock:
             self.chargeback.tick(self.index, self.tenants, self.clock.now())
@@ -553,6 +555,22 @@ class SchedulerCore:
                         "eta_end": end if s["state"] in ("QUEUED", "RUNNING") else None,
                         "estimated_remaining_s": None if left is None else round(left, 3)})
         return out
+
+    def _reconcile(self) -> None:
+        """Every ``RECONCILE_S``: the job index against a scan of every record; rebuilt (and said
+        so) if a state change ever bypassed :meth:`_moved`, so no queued job is lost to it."""
+        with self.lock:
+            now = self.clock.now()
+            if now - self._reconciled_at < RECONCILE_S:
+                return
+            self._reconciled_at = now
+            problems = self.index.problems(self.jobs.values())
+            if not problems:
+                return
+            print(f"lorafarm scheduler: job index rebuilt ({'; '.join(problems)[:500]})", flush=True)
+            self.index = JobIndex(self.tenants)
+            for record in self.jobs.values():
+                self._moved(record)
 
     def _refresh_estimates(self, now: float) -> None:
         """Something was learned: give the queue the new estimates (re-keying only the jobs whose
