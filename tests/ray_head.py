@@ -29,6 +29,8 @@ class RayHead:
             "PATH": f"{BIN}:{os.environ.get('PATH', '')}",
             "RAY_AUTH_MODE": "disabled",
             "RAY_USAGE_STATS_ENABLED": "0",
+            # a test cluster stops at once: no 30 s drain on SIGTERM while actors (the scheduler) live
+            "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
             **(env or {}),
         }
         self.env.pop("RAY_ADDRESS", None)
@@ -98,9 +100,9 @@ class RayHead:
                               cwd=ROOT, env=self.client_env)
 
     def stop(self) -> None:
-        # SIGTERM to `ray start` alone: it drains the node through the GCS (~2 s). Sent to the whole
-        # group, the GCS dies first and the drain waits out its 30 s timeout; the SIGKILL to the
-        # group afterwards reaps whatever is left (dashboard helpers).
+        # SIGTERM to `ray start` alone (the node's drain is off, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0:
+        # with the scheduler actor alive it waited out 30 s); the SIGKILL to the group afterwards
+        # reaps whatever is left (dashboard helpers).
         try:
             os.kill(self.proc.pid, signal.SIGTERM)
             self.proc.wait(timeout=30)
