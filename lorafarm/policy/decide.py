@@ -79,14 +79,34 @@ class _TenantQueue:
     weight: float = 1.0
 
 
+class Bands:
+    """The aging rule of one tenants file, its look-ups made once: a job's aged priority
+    (:meth:`value`) and the class value it rounds down to, its band (:meth:`band`)."""
+
+    __slots__ = ("aging", "classes", "fallback", "levels", "top")
+
+    def __init__(self, tenants: TenantsConfig):
+        self.classes = dict(tenants.priority_classes)
+        self.fallback = tenants.priority_value(tenants.default_priority)
+        self.aging = tenants.policy.aging_per_hour
+        self.levels = sorted(set(self.classes.values()))
+        self.top = self.levels[-1]
+
+    def value(self, job: JobRequest | RunningJob, now: float) -> float:
+        """Class value plus ``aging_per_hour`` points for every whole hour waited."""
+        waited = now - job.submitted_at
+        return self.classes.get(job.priority, self.fallback) + (self.aging * (waited // HOUR) if waited >= HOUR else 0.0)
+
+    def band(self, value: float) -> float:
+        """The class value ``value`` rounds down to."""
+        return self.levels[bisect.bisect_right(self.levels, value) - 1]
+
+
 def ranks(jobs: Sequence[JobRequest | RunningJob], tenants: TenantsConfig, now: float) -> list[float]:
     """:func:`rank` of every job in ``jobs``, in one pass (``decide`` ranks the whole queue on
     every call, so the look-ups are made once, not per job)."""
-    classes = tenants.priority_classes
-    fallback = tenants.priority_value(tenants.default_priority)
-    aging = tenants.policy.aging_per_hour
-    return [classes.get(j.priority, fallback) + (aging * (waited // HOUR) if waited >= HOUR else 0.0)
-            for j in jobs for waited in (now - j.submitted_at,)]
+    bands = Bands(tenants)
+    return [bands.value(j, now) for j in jobs]
 
 
 def rank(job: JobRequest | RunningJob, tenants: TenantsConfig, now: float) -> float:
@@ -133,15 +153,16 @@ def decide(
     Ranks the whole queue (O(n)); :class:`~lorafarm.policy.queue.QueueIndex` keeps the same
     order between calls and makes the same decision in O(tenants + jobs considered)."""
     # rank every queued job (the one O(n) pass) into its tenant's list, then sort each list
-    levels = sorted(set(tenants.priority_classes.values()))
-    top = levels[-1]
-    band_of: dict[float, float] = {level: level for level in levels}  # rank -> band, filled as ranks appear
+    bands = Bands(tenants)
+    top = bands.top
+    band_of: dict[float, float] = {level: level for level in bands.levels}  # rank -> band, filled as ranks appear
     queues: dict[str, _TenantQueue] = {}
     shapes: set[tuple] = set()
-    for job, value in zip(queued, ranks(queued, tenants, now), strict=True):
+    for job in queued:
+        value = bands.value(job, now)
         band = band_of.get(value)
         if band is None:  # aged between two classes: its band is the class below
-            band = band_of[value] = levels[bisect.bisect_right(levels, value) - 1]
+            band = band_of[value] = bands.band(value)
         q = queues.get(job.tenant)
         if q is None:
             q = queues[job.tenant] = _TenantQueue(job.tenant)

@@ -14,14 +14,13 @@ running jobs, cluster, tenants and time it returns exactly ``decide``'s decision
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections import Counter
 from collections.abc import Iterator, Sequence
 
 from ..spec.tenants import TenantsConfig
-from .decide import HOUR, LIFT, Lift, _TenantQueue, job_shape, lift_after, queue_key, serve
+from .decide import HOUR, LIFT, Bands, Lift, _TenantQueue, job_shape, lift_after, queue_key, serve
 from .types import ClusterState, Decision, JobRequest, RunningJob
 
 MARGIN_S = 1e-3  # re-key a little early: float sums near a boundary must never be missed
@@ -57,9 +56,6 @@ class QueueIndex:
     def jobs(self) -> Iterator[JobRequest]:
         return iter(self._jobs.values())
 
-    def tenant_counts(self) -> Counter[str]:
-        return Counter(j.tenant for j in self._jobs.values())
-
     def oldest_submitted(self) -> dict[str, float]:
         """``tenant -> submission time of its longest-waiting queued job`` (amortised O(tenants))."""
         out = {}
@@ -75,10 +71,7 @@ class QueueIndex:
     def set_tenants(self, tenants: TenantsConfig) -> None:
         """A new tenants file: classes, aging and weights may all differ, so every key is redone."""
         self.tenants = tenants
-        self._levels = sorted(set(tenants.priority_classes.values()))
-        self._aging = tenants.policy.aging_per_hour
-        self._classes = dict(tenants.priority_classes)  # looked up once: ranks() reads them per call
-        self._fallback = tenants.priority_value(tenants.default_priority)
+        self._bands = Bands(tenants)
         jobs = list(self._jobs.values())
         self._jobs.clear()
         self._entry.clear()
@@ -139,18 +132,11 @@ class QueueIndex:
         return {job_id: entry[:5] for job_id, entry in self._entry.items()}
 
     # ------------------------------------------------------------ keys over time
-    def _band(self, job: JobRequest, now: float) -> float:
-        """:func:`~lorafarm.policy.decide.ranks`' value rounded down to a class (its band)."""
-        waited = now - job.submitted_at
-        value = self._classes.get(job.priority, self._fallback) + (
-            self._aging * (waited // HOUR) if waited >= HOUR else 0.0)
-        return self._levels[bisect.bisect_right(self._levels, value) - 1]
-
     def _key(self, job: JobRequest, now: float) -> None:
         """(Re)compute the job's key as ``decide`` would at ``now``; schedule its next change."""
-        band = self._band(job, now)
+        band = self._bands.band(self._bands.value(job, now))
         self._seq += 1
-        entry = (*queue_key(job, band, self._levels[-1], now, self._lift), self._seq, job)
+        entry = (*queue_key(job, band, self._bands.top, now, self._lift), self._seq, job)
         self._entry[job.job_id] = entry
         q = self._queues.get(job.tenant)
         if q is None:
@@ -165,7 +151,7 @@ class QueueIndex:
         times = []
         if not lifted:
             times.append(job.submitted_at + lift_after(job.estimated_duration, self._lift))
-        if self._aging > 0 and band < self._levels[-1]:
+        if self._bands.aging > 0 and band < self._bands.top:
             waited = now - job.submitted_at
             times.append(job.submitted_at + max(1.0, math.floor(waited / HOUR) + 1.0) * HOUR)
         return min(times) - MARGIN_S if times else None

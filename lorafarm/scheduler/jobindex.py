@@ -71,9 +71,9 @@ class JobIndex:
         """Where the index differs from a scan of ``records`` (empty when it is true)."""
         records = list(records)
         out = []
-        queued = {r.job_id for r in records if r.state is JobState.QUEUED}
-        if queued != {j.job_id for j in self.queue.jobs()}:
-            out.append(f"queue: {sorted(queued ^ {j.job_id for j in self.queue.jobs()})} differ")
+        queued, indexed = {r.job_id for r in records if r.state is JobState.QUEUED}, set(self.queued_ids())
+        if queued != indexed:
+            out.append(f"queue: {sorted(queued ^ indexed)} differ")
         running = {r.job_id for r in records if r.state is JobState.RUNNING}
         if running != set(self.running):
             out.append(f"running: {sorted(running ^ set(self.running))} differ")
