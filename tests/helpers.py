@@ -34,8 +34,9 @@ def free_port() -> int:
         return port
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
-    """Poll ``predicate`` until it returns a truthy value (returned); fail naming ``what`` at the deadline."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, describe=None):
+    """Poll ``predicate`` until it returns a truthy value (returned); fail naming ``what`` (and what
+    ``describe()`` returns, the state that explains a miss) at the deadline."""
     deadline = time.time() + timeout
     last = None
     while time.time() < deadline:
@@ -43,7 +44,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
         if last:
             return last
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r})")
+    seen = f"; {describe()!r}" if describe is not None else ""
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last!r}{seen})")
 
 
 def quickstart_spec(tenant: str, name: str, data: Path | str, **sections: dict[str, Any]) -> dict:

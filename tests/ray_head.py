@@ -99,6 +99,17 @@ class RayHead:
         return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
                               cwd=ROOT, env=self.client_env)
 
+    def scheduler_lines(self, last: int = 30) -> list[str]:
+        """The scheduler's own log lines (``lorafarm scheduler: …``) from the head's Ray session logs,
+        the last ``last`` of them: what a failing test prints to say what the scheduler saw."""
+        lines = []
+        for path in sorted((self.tmp / "ray").glob("session_*/logs/*.out")):
+            try:
+                lines += [ln for ln in path.read_text(errors="replace").splitlines() if "lorafarm scheduler" in ln]
+            except OSError:
+                continue
+        return lines[-last:]
+
     def stop(self) -> None:
         # SIGTERM to `ray start` alone (the node's drain is off, RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S=0:
         # with the scheduler actor alive it waited out 30 s); the SIGKILL to the group afterwards

@@ -67,12 +67,22 @@ def test_shortest_estimate_starts_first_and_etas_are_ordered(head):
     listed = head.lorafarm("list", check=True).stdout
     assert "start " in listed and "end " in listed
 
-    # admission order: each start is seen, then the job is cancelled so the next one is admitted
+    # admission order: each start is seen (a job counts as started once it has a start time, even if
+    # it already ended), then the job is cancelled so the next one is admitted
     head.lorafarm("cancel", blocker, check=True)
-    started = []
+    started: list[str] = []
     for _ in range(3):
-        running = wait_for(lambda: [n for n, j in jobs.items() if n not in started
-                                    and _status(head, j)["state"] == "RUNNING"], 300, "the next job to start")
+        def next_started():
+            now_listed = {j["job_id"]: j for j in head.lorafarm_json("list")}
+            views = {n: now_listed[j] for n, j in jobs.items()}
+            failed = {n: (v["state"], v["reason"]) for n, v in views.items()
+                      if v["state"] in ("FAILED", "SUCCEEDED") or (v["state"] == "CANCELLED" and n not in started)}
+            assert not failed, f"a job ended without being cancelled by the test: {failed}"
+            return [n for n, v in views.items() if n not in started and v["started_at"] is not None], views
+
+        running = wait_for(lambda: next_started()[0], 300, "the next job to start",
+                           describe=lambda: ({n: (v["state"], v["reason"], v["attempts"])
+                                              for n, v in next_started()[1].items()}, head.scheduler_lines()))
         assert len(running) == 1, running
         started.append(running[0])
         head.lorafarm("cancel", jobs[running[0]], check=True)
