@@ -88,10 +88,6 @@ class Step:
         """The ``history.jsonl`` line: the fields that are set."""
         return {f.name: v for f in dataclasses.fields(self) if (v := getattr(self, f.name)) is not None}
 
-    def numbers(self) -> dict[str, float]:
-        """The numeric fields that are set (what Ray Train's ``report`` takes)."""
-        return {k: v for k, v in self.record().items() if isinstance(v, int | float) and not isinstance(v, bool)}
-
 
 @dataclass(frozen=True, slots=True)
 class CheckpointSaved:
