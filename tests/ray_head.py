@@ -31,6 +31,9 @@ class RayHead:
             "RAY_USAGE_STATS_ENABLED": "0",
             # a test cluster stops at once: no 30 s drain on SIGTERM while actors (the scheduler) live
             "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0",
+            # jobs on a test cluster step at most every 2 s (lorafarm.worker.recipe.STEP_FLOOR_S): the
+            # tests here kill workers, nodes and the scheduler, or preempt, while a job trains
+            "LORAFARM_TEST_STEP_FLOOR_S": "2.0",
             **(env or {}),
         }
         self.env.pop("RAY_ADDRESS", None)

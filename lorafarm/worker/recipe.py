@@ -35,6 +35,11 @@ from ..events import Done, Event, GroupStarted, Preempted, Resumed, Step, Worker
 from ..spec import JobSpec, resume_digest, resume_refusal, spec_digest, steps_per_epoch, total_steps
 from .dropout import DropoutRows, seed_dropout_by_row
 
+# A floor under each optimizer step's wall time, for tests only: the end-to-end tests kill a
+# worker, a node or the scheduler, or preempt a job, while it trains, and a tiny model's CPU
+# steps (~0.2 s) would end the job before the blow lands. 0 (unset) everywhere else.
+STEP_FLOOR_S = float(os.environ.get("LORAFARM_TEST_STEP_FLOOR_S") or 0.0)
+
 
 @dataclass
 class WorkerConfig:
@@ -236,6 +241,8 @@ class LoraRecipe:
                     self.skipped_steps.append(step + 1)
                     self._skip_next_update()
             self.engine.step()
+        if STEP_FLOOR_S > 0:  # a test that acts mid-run paces its job (see STEP_FLOOR_S)
+            time.sleep(max(0.0, STEP_FLOOR_S - (time.perf_counter() - t0)))
         step_tokens = int(step_tokens)
         self.tokens_seen += step_tokens
         dt = time.perf_counter() - t0
