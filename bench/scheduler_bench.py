@@ -58,7 +58,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1)
     args = ap.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="lf-sched-bench-"))
-    head = RayHead(tmp, num_cpus=4)
+    head = RayHead(tmp, num_cpus=4, env={"LORAFARM_TEST_STEP_FLOOR_S": "0"})  # no test pacing: timed as users run
     store = str(tmp / "store")
     try:
         head.lorafarm("serve", "--store", store, check=True)
