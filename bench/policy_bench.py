@@ -7,7 +7,9 @@ Issue 18's targets, through ``SchedulerCore`` (real core, real records, estimate
 clock, launcher and capacity, a store on /dev/shm when there is one): one tick with 10,000
 queued jobs from 100 tenants on a busy cluster takes <= 5 ms (median CPU time of the ticks), and
 an idle cluster admits >= 10,000 jobs/s (10,000 queued, all fit: CPU time from the first tick
-until all are RUNNING; wall figures beside them). Both print a met/missed verdict.
+until all are RUNNING, the median of three fresh cores; wall figures beside them; the starts'
+records are on disk in one batch file by then, and the CPU time to give each its own file
+afterwards, a few hundred a tick, is reported beside it). Both print a met/missed verdict.
 
 Two cluster states: *busy* (1,000 GPUs on 125 nodes, 500 jobs running, a few GPUs free: the
 usual case, a handful of starts and a reservation) and *idle* (everything free: hundreds of
@@ -78,8 +80,10 @@ def measure(queued, running, cluster, tenants, seconds: float) -> dict:
             "considered_per_call": considered / calls, "started_per_call": started / calls}
 
 
-def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ...] = ("busy", "idle")) -> dict:
-    """Tick time (busy cluster) and admissions/s (idle cluster) through a real SchedulerCore."""
+def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ...] = ("busy", "idle"),
+               idle_runs: int = 3) -> dict:
+    """Tick time (busy cluster) and admissions/s (idle cluster, the median of ``idle_runs``
+    fresh cores: one run on a shared machine swings by a third) through a real SchedulerCore."""
     import copy
     import statistics
     import tempfile
@@ -123,9 +127,8 @@ def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ..
         f"  {n}: {{weight: {1 + i % 3}}}\n" for i, n in enumerate(names))
     rng = random.Random(0)
     out: dict = {}
-    for label, free in (("busy", 4), ("idle", queued + 1)):
-        if label not in states:
-            continue
+    runs = [("busy", 4)] * ("busy" in states) + [("idle", queued + 1)] * (idle_runs if "idle" in states else 0)
+    for label, free in runs:
         root = tempfile.mkdtemp(prefix="policy-bench-", dir="/dev/shm" if Path("/dev/shm").is_dir() else None)
         running = 500 if label == "busy" else 0
         core = SchedulerCore(Store.open(root), load_tenants(text), Clock(), Launcher(), Capacity(running + free))
@@ -138,6 +141,7 @@ def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ..
                           cpus_per_worker=1.0, submitted_at=Clock.t - rng.uniform(0, 6 * 3600),
                           state=JobState.QUEUED)
             core.adopt(r)
+        core.heap.grew(len(core.jobs))  # as after a recovery: the records loaded are frozen before the first tick
         if label == "busy":
             for r in list(core.jobs.values())[:running]:
                 core._start(r, Clock.t)
@@ -167,13 +171,24 @@ def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ..
             out["tick_after_an_end_max_ms"] = round(1000 * max(ended), 3)
         else:
             t0, c0 = time.perf_counter(), time.process_time()
-            while any(j.state is JobState.QUEUED for j in core.jobs.values()):
+            while len(core.index.queue):
                 core.tick()
             wall, cpu_s = time.perf_counter() - t0, time.process_time() - c0
-            out["admitted"] = queued
-            out["admissions_per_s"] = round(queued / cpu_s, 1)  # per CPU-second, as the tick
-            out["admissions_per_wall_s"] = round(queued / wall, 1)
-            out["admissions_target_10000_per_s"] = "met" if queued / cpu_s >= 10_000 else "missed"
+            out.setdefault("idle_runs", []).append({"admissions_per_s": round(queued / cpu_s, 1),
+                                                    "admissions_per_wall_s": round(queued / wall, 1)})
+            # the starts' records went out as one batch file; their own files follow a few hundred
+            # a tick (RecordStore.settle): that deferred cost, all of it, measured apart
+            c0 = time.process_time()
+            while core.records.unfiled:
+                core.records.settle()
+            out["idle_records_filed_later_ms"] = round(1000 * (time.process_time() - c0), 1)
+            assert all(j.state is JobState.RUNNING for j in core.jobs.values())
+    if "idle" in states:
+        rates = sorted(r["admissions_per_s"] for r in out["idle_runs"])
+        out["admitted"] = queued
+        out["admissions_per_s"] = statistics.median(rates)  # per CPU-second, as the tick; median of the runs
+        out["admissions_per_s_best"] = rates[-1]
+        out["admissions_target_10000_per_s"] = "met" if out["admissions_per_s"] >= 10_000 else "missed"
     return out
 
 
@@ -191,7 +206,9 @@ def main() -> int:
                       "python": platform.python_version(), **core}))
     print(f"| SchedulerCore | {args.queued} queued / {args.tenants} tenants | tick {core['tick_ms']:.2f} ms "
           f"(target <= 5 ms: {core['tick_target_5ms']}) | idle cluster admits {core['admissions_per_s']:,.0f} jobs/s "
-          f"(target >= 10,000/s: {core['admissions_target_10000_per_s']}) |")
+          f"(median of {len(core['idle_runs'])}, best {core['admissions_per_s_best']:,.0f}; target >= 10,000/s: "
+          f"{core['admissions_target_10000_per_s']}; their records filed later: "
+          f"{core['idle_records_filed_later_ms']:,.0f} ms) |")
     for label, run, cluster in (("busy", running, busy), ("idle", [], idle)):
         r = measure(queued, run, cluster, tenants, args.seconds)
         out = {"bench": "policy_decide", "state": label, "queued": len(queued), "tenants": args.tenants,

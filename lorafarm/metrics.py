@@ -82,6 +82,7 @@ class Metrics:
                                         buckets=ESTIMATE_RATIO_BUCKETS, registry=r)
         self.up.set(1)
         self._job_series: dict[str, str] = {}  # job -> tenant, for removal
+        self._tenant_children: dict[tuple[int, str], Any] = {}  # (metric, tenant) -> its labelled child
         self._per_job = (self.train_loss, self.eval_loss, self.tokens_per_s, self.job_step, self.job_total_steps,
                          self.gpu_memory, self.mfu)
 
@@ -116,6 +117,15 @@ class Metrics:
         if outcome == "failed":
             self.worker_failures.labels(tenant).inc()
         self.drop_job(job)
+
+    def for_tenant(self, metric, tenant: str):
+        """``metric.labels(tenant)``, looked up once: per-tenant series live as long as the
+        scheduler (a burst of thousands of starts observes each tenant's wait many times)."""
+        key = (id(metric), tenant)
+        child = self._tenant_children.get(key)
+        if child is None:
+            child = self._tenant_children[key] = metric.labels(tenant)
+        return child
 
     def drop_job(self, job: str) -> None:
         tenant = self._job_series.pop(job, None)

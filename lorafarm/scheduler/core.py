@@ -13,19 +13,21 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from ..auth import Caller, Forbidden
 from ..errors import JobNotFound, SpecError
 from ..estimate.live import LiveEstimates
-from ..events import Event, RunOutcome, RunState, Step
+from ..events import Event, GroupStarted, RunOutcome, RunState, Step
 from ..metrics import Metrics
-from ..policy import job_priority, submission_problems
+from ..policy import RunningJob, job_priority, submission_problems
 from ..policy.quota import Usage, usage_by_tenant, within_quota
 from ..spec import JobSpec, TenantsConfig, validate_spec
 from ..storage import Store, new_job_id, read_manifest
 from .autoscale import AutoscaleRequests, autoscaling_enabled, gang_bundles
 from .elastic import NodeFollower, fit_for, job_nodes
+from .heap import RecordHeap
 from .jobindex import JobIndex
 from .joblog import JobLogs
 from .records import RecordStore
@@ -63,6 +65,7 @@ class SchedulerCore:
         self.logs = JobLogs()
         self.metrics = Metrics()
         self.chargeback = Chargeback(self.metrics, clock.now())
+        self.heap = RecordHeap()  # the records out of the cyclic collector's way
         self.nodes = NodeFollower()  # alive nodes at the last tick: losses resize or re-queue jobs
         self.autoscaler = AutoscaleRequests(autoscaling_enabled())  # asks Ray for nodes for a blocked head
         self.estimates = LiveEstimates(store.root)  # learned step times, persisted in <store>/_service
@@ -72,6 +75,7 @@ class SchedulerCore:
         self._refreshed_at = self._reconciled_at = clock.now()
         for record in self.jobs.values():
             self._moved(record)
+        self.heap.grew(len(self.jobs))  # the recovered records: out of the collector's way from now on
 
     # ---------------------------------------------------------------- recovery
     def recover(self) -> None:
@@ -242,6 +246,8 @@ class SchedulerCore:
                 self.estimates.step(record, event.step, event.step_time_s, event.total_steps, event.total_params)
             if apply_event(event, record, run, self.metrics, lambda line: self._log(job_id, line), now):
                 self.records.save(record)
+            if isinstance(event, GroupStarted):  # its workers' real nodes: the policy's view follows
+                self.index.reshaped(record)
 
     def reload_tenants(self, tenants: TenantsConfig) -> None:
         """Swap the tenants file (validated by the caller); queued and running jobs stay as they are."""
@@ -256,12 +262,15 @@ class SchedulerCore:
     # ---------------------------------------------------------------- loop
     def tick(self) -> None:
         """Follow nodes, reap ended runs, fail hung ones, admit what the policy says, charge and update gauges."""
+        self.heap.grew(len(self.jobs))
         self._follow_nodes()
         self._reap()
         self._reconcile()
         self._admit()
         with self.lock:
-            self.chargeback.tick(self.index, self.tenants, self.clock.now())
+            now = self.clock.now()
+            self.chargeback.tick(self.index, self.tenants, now, self._running(now))
+            self.records.settle()  # records of earlier batches get their own files, a few hundred a tick
 
     def _reap(self) -> None:
         with self.lock:
@@ -314,7 +323,7 @@ class SchedulerCore:
             self._persist(record)
 
     def _admit(self) -> None:
-        with self.lock:
+        with self.lock, self.records.batch():  # a burst of starts: their records written as one batch
             queue = self.index.queue
             if not len(queue):
                 self.autoscaler.clear()
@@ -353,7 +362,7 @@ class SchedulerCore:
             return
         record.estimate = {"at_start_s": self.estimates.started(record)}
         record.attempts += 1
-        self.metrics.queue_wait.labels(record.tenant).observe(max(0.0, now - record.submitted_at))
+        self.metrics.for_tenant(self.metrics.queue_wait, record.tenant).observe(max(0.0, now - record.submitted_at))
         record.transition(JobState.RUNNING, now, EventKind.STARTED,
                           f"started with {record.workers} worker(s) (attempt {record.attempts})")
         self._moved(record)
@@ -379,6 +388,7 @@ class SchedulerCore:
         record.placement = [(n, k) for n, k in placement]
         record.worker_nodes = []
         record.run_workers = workers if workers != record.workers else None
+        self.index.reshaped(record)
         return True
 
     # ---------------------------------------------------------------- nodes
@@ -591,7 +601,7 @@ class SchedulerCore:
         self.index.moved(record, self.estimates.request(record) if record.state is JobState.QUEUED else None,
                          self.clock.now())
 
-    def _running(self, now: float) -> list:
+    def _running(self, now: float) -> Sequence[RunningJob]:
         """The running jobs as the policy sees them (current size and nodes)."""
         return self.index.running_jobs(now)
 

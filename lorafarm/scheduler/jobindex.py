@@ -12,7 +12,7 @@ scan (the tests call it after every tick).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 
 from ..policy import JobRequest, RunningJob
 from ..policy.queue import QueueIndex
@@ -26,7 +26,9 @@ class JobIndex:
         self.running: dict[str, JobRecord] = {}  # job id -> record, while RUNNING
         self.counts: Counter[tuple[str, str]] = Counter()  # (tenant, state value) -> jobs
         self._state: dict[str, tuple[str, JobState]] = {}  # job id -> (tenant, state) as last indexed
-        self._views: dict[str, tuple[tuple, RunningJob]] = {}  # job id -> (what it was built from, view)
+        self._views: dict[str, RunningJob] = {}  # job id -> its policy view, while RUNNING
+        self._running_list: tuple[RunningJob, ...] | None = None  # the views in order; None: rebuild
+        self.changed_tenants: set[str] = set()  # tenants whose counts moved (the gauges take and clear it)
 
     def moved(self, record: JobRecord, request: JobRequest | None = None, now: float | None = None) -> None:
         """``record`` was added or changed state; ``request`` is its policy view when QUEUED."""
@@ -34,13 +36,16 @@ class JobIndex:
         old = self._state.get(job_id)
         if old is not None:
             self.counts[(old[0], old[1].value)] -= 1
+            self.changed_tenants.add(old[0])
         self.counts[(record.tenant, state.value)] += 1
+        self.changed_tenants.add(record.tenant)
         self._state[job_id] = (record.tenant, state)
+        self._views.pop(job_id, None)
+        self._running_list = None
         if state is JobState.RUNNING:
             self.running[job_id] = record
         else:
             self.running.pop(job_id, None)
-            self._views.pop(job_id, None)
         if state is JobState.QUEUED:
             if request is None:
                 raise ValueError(f"job {job_id} is queued: its request is needed")
@@ -48,18 +53,22 @@ class JobIndex:
         else:
             self.queue.remove(job_id)
 
-    def running_jobs(self, now: float) -> list[RunningJob]:
-        """The running jobs as the policy sees them, each rebuilt only when its size, start or
-        nodes changed (a tick asks several times; hundreds of runs are common)."""
-        out = []
-        for job_id, record in self.running.items():
-            basis = (record.workers, record.run_workers, record.started_at, record.priority,
-                     tuple(map(tuple, record.placement)))
-            hit = self._views.get(job_id)
-            if hit is None or hit[0] != basis or record.started_at is None:
-                hit = self._views[job_id] = (basis, record.running(now))
-            out.append(hit[1])
-        return out
+    def reshaped(self, record: JobRecord) -> None:
+        """A running job's size, nodes or placement changed without a state change (a resize, a
+        node loss, its workers' real nodes reported): its policy view is rebuilt."""
+        self._views.pop(record.job_id, None)
+        self._running_list = None
+
+    def running_jobs(self, now: float) -> Sequence[RunningJob]:
+        """The running jobs as the policy sees them (a tick asks several times; hundreds of runs
+        are common): the same tuple until a job starts, ends or is :meth:`reshaped`."""
+        if self._running_list is None:
+            views = self._views
+            for job_id, record in self.running.items():
+                if job_id not in views:
+                    views[job_id] = record.running(now)
+            self._running_list = tuple(views[job_id] for job_id in self.running)
+        return self._running_list
 
     def queued_ids(self) -> list[str]:
         return [j.job_id for j in self.queue.jobs()]
@@ -80,4 +89,16 @@ class JobIndex:
         counts = Counter((r.tenant, r.state.value) for r in records)
         if +counts != +self.counts:
             out.append(f"counts: {dict(+counts)} != {dict(+self.counts)}")
+        if self._running_list is not None:  # a cached view a change bypassed (not reshaped) is stale
+            by_id = {r.job_id: r for r in records}
+            stale = [v.job_id for v in self._running_list if v.job_id in by_id
+                     and _shape(v) != _shape(by_id[v.job_id].running(v.started_at))]
+            if stale:
+                out.append(f"running views: {sorted(stale)} stale")
         return out
+
+
+def _shape(view: RunningJob) -> tuple:
+    """What a running job's view is built from and the policy reads (not when it was taken)."""
+    return (view.workers, view.cpus_per_worker, view.gpus_per_worker, view.priority, view.started_at,
+            view.placement, view.accelerator_type)

@@ -14,6 +14,7 @@ LOG_LINES = 5000
 class JobLogs:
     def __init__(self) -> None:
         self._lines: dict[str, collections.deque[str]] = {}
+        self._stamp: tuple[int, str] = (-1, "")  # (second, its HH:MM:SS) last formatted
 
     def open(self, job_id: str) -> None:
         """Start an empty log (a new job, or one recovered: earlier lines are in its log.txt)."""
@@ -22,7 +23,10 @@ class JobLogs:
     def add(self, job_id: str, now: float, line: str) -> None:
         if job_id not in self._lines:
             self.open(job_id)
-        self._lines[job_id].append(f"{time.strftime('%H:%M:%S', time.localtime(now))} {line}")
+        second = int(now)
+        if second != self._stamp[0]:  # a burst of lines shares its second's stamp
+            self._stamp = (second, time.strftime('%H:%M:%S', time.localtime(now)))
+        self._lines[job_id].append(f"{self._stamp[1]} {line}")
 
     def lines(self, job_id: str) -> list[str]:
         return list(self._lines.get(job_id, ()))

@@ -95,6 +95,7 @@ class JobRecord(BaseModel):
     placement: list[tuple[str, int]] = Field(default_factory=list)  # (node id, workers there) of the current run
     worker_nodes: list[dict[str, Any]] = Field(default_factory=list)  # per rank: node_id, ip (as workers report)
     events: list[JobEvent] = Field(default_factory=list)
+    revision: int = 0  # saves so far: recovery keeps the newest copy (own file or batch file, see .records)
 
     @property
     def cpus(self) -> float:

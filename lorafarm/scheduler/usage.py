@@ -4,10 +4,10 @@ chargeback counters (CPU/GPU-seconds held by running jobs) and the per-tenant ga
 from __future__ import annotations
 
 import collections
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 from ..metrics import STATES, Metrics
-from ..policy import Usage
+from ..policy import RunningJob, Usage, usage_by_tenant
 from ..spec import TenantsConfig
 from .state import JobRecord, JobState
 
@@ -46,40 +46,68 @@ def tenants_usage(jobs: Collection[JobRecord], tenants: TenantsConfig) -> list[d
 
 class Chargeback:
     """Resource-seconds held by running jobs, and the per-tenant gauges, updated every tick from
-    the :class:`~lorafarm.scheduler.jobindex.JobIndex` (what runs, what waits, counts): its cost
-    grows with tenants, not with the records the store holds."""
+    the :class:`~lorafarm.scheduler.jobindex.JobIndex`: its cost grows with tenants, not with the
+    records the store holds, and a tick in which nothing started or ended sets only the gauges
+    whose value moved (the job counts of tenants whose jobs moved, queue ages, the counters)."""
 
     def __init__(self, metrics: Metrics, now: float):
         self.metrics = metrics
         self.last = now
-        self._set: dict[tuple, float] = {}  # (gauge, labels) -> value last set: unchanged gauges are left alone
+        self._set: dict[tuple, list] = {}  # (gauge, labels) -> [labelled child, value last set]
+        self._tenants: TenantsConfig | None = None  # the tenants file the names and quotas are from
+        self._names: set[str] = set()  # every tenant in the tenants file or with a job
+        self._held: tuple[Sequence[RunningJob], dict[str, Usage]] = ((), {})  # running views -> held by tenant
 
     def _gauge(self, gauge, labels: tuple[str, ...], value: float) -> None:
         key = (id(gauge), labels)
-        if self._set.get(key) != value:
-            gauge.labels(*labels).set(value)
-            self._set[key] = value
+        hit = self._set.get(key)
+        if hit is None:
+            hit = self._set[key] = [gauge.labels(*labels), None]
+        if hit[1] != value:
+            hit[0].set(value)
+            hit[1] = value
 
-    def tick(self, index, tenants: TenantsConfig, now: float) -> None:
+    def tick(self, index, tenants: TenantsConfig, now: float, running: Sequence[RunningJob]) -> None:
+        """Charge ``running`` (the policy's views: what each job holds now) for the time since
+        the last tick and bring the gauges up to date."""
         m = self.metrics
         dt, self.last = now - self.last, now
-        names = {*tenants.tenant_names(), *(t for (t, _), n in index.counts.items() if n)}
-        for tenant in names:
+        changed, index.changed_tenants = index.changed_tenants, set()
+        if tenants is not self._tenants:  # first tick, or a reloaded tenants file: every tenant afresh
+            self._tenants = tenants
+            self._names = {*tenants.tenant_names(), *(t for (t, _), n in index.counts.items() if n)}
+            changed = set(self._names)
+        else:
+            self._names |= changed
+        for tenant in changed:
             for state in STATES:
                 self._gauge(m.jobs, (tenant, state), index.counts.get((tenant, state), 0))
-        oldest = index.queue.oldest_submitted()
-        for tenant in names:
-            self._gauge(m.oldest_queued, (tenant,), max(0.0, now - oldest[tenant]) if tenant in oldest else 0.0)
-        held = held_by_tenant(index.running.values())
-        for tenant in names:
-            u = held.get(tenant, Usage())
-            if u.gpus:
-                m.gpu_seconds.labels(tenant).inc(u.gpus * dt)
-            if u.cpus:
-                m.cpu_seconds.labels(tenant).inc(u.cpus * dt)
-            resources = {"workers": u.workers, "cpus": u.cpus, "gpus": u.gpus}
-            for resource, value in resources.items():
-                self._gauge(m.usage, (tenant, resource), value)
             for resource, value in tenants.quota_dict(tenant).items():
-                if isinstance(value, int | float) and resource in resources:
+                if isinstance(value, int | float) and resource in USAGE_FIELDS:
                     self._gauge(m.quota, (tenant, resource), value)
+        oldest = index.queue.oldest_submitted()
+        for tenant in self._names:
+            self._gauge(m.oldest_queued, (tenant,), max(0.0, now - oldest[tenant]) if tenant in oldest else 0.0)
+        if running is not self._held[0]:
+            self._held = (running, usage_by_tenant(running))
+        held = self._held[1]
+        for tenant in self._names:
+            u = held.get(tenant) or _NOTHING
+            if u.gpus:
+                self._counter(m.gpu_seconds, tenant).inc(u.gpus * dt)
+            if u.cpus:
+                self._counter(m.cpu_seconds, tenant).inc(u.cpus * dt)
+            self._gauge(m.usage, (tenant, "workers"), u.workers)
+            self._gauge(m.usage, (tenant, "cpus"), u.cpus)
+            self._gauge(m.usage, (tenant, "gpus"), u.gpus)
+
+    def _counter(self, counter, tenant: str):
+        key = (id(counter), tenant)
+        hit = self._set.get(key)
+        if hit is None:
+            hit = self._set[key] = [counter.labels(tenant), None]
+        return hit[0]
+
+
+USAGE_FIELDS = ("workers", "cpus", "gpus")
+_NOTHING = Usage()
