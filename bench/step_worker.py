@@ -429,13 +429,14 @@ def profile(contender, steps: int, kind: str) -> dict[str, Any]:
     import io
 
     timer = Timer()
-    if kind == "torch":
+    if kind in ("torch", "torch_shapes"):  # torch_shapes: operators grouped by their input shapes too
         from torch.profiler import ProfilerActivity
         from torch.profiler import profile as tprofile
 
-        with tprofile(activities=[ProfilerActivity.CPU]) as prof:
+        shapes = kind == "torch_shapes"
+        with tprofile(activities=[ProfilerActivity.CPU], record_shapes=shapes) as prof:
             contender.run(steps, timer)
-        table = prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25)
+        table = prof.key_averages(group_by_input_shape=shapes).table(sort_by="self_cpu_time_total", row_limit=25)
     else:
         import cProfile
         import pstats
