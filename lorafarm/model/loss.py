@@ -3,10 +3,9 @@
 With a large vocabulary (Llama 3: 128,256) the logits are the largest activation of a step:
 one 2048-token row is 1 GB in fp32, and cross-entropy's backward holds as much again. Here the
 model body runs as usual, but the output head sees no position (``logits_to_keep`` = an empty
-index), and the loss is computed from the body's last hidden states: when all the micro batch's
-positions fit one chunk (a small vocabulary), over all of them at once with ``ignore_index``;
-otherwise only the positions that carry a label (``labels != -100``, so prompt, padding and
-packing boundaries cost nothing), ``chunk_tokens`` of them at a time, each chunk's head + cross-entropy under
+index), and the loss is computed from the body's last hidden states: only the positions that
+carry a label (``labels != -100``, so prompt, padding and packing boundaries cost nothing),
+``chunk_tokens`` of them at a time, each chunk's head + cross-entropy under
 :func:`torch.utils.checkpoint.checkpoint` so its logits are freed after the forward and rebuilt
 one chunk at a time in backward. Peak memory is then one chunk's logits, whatever the sequence.
 
@@ -68,9 +67,6 @@ def chunked_token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: tor
     label positions at a time; never more than one chunk's logits alive."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1).to(flat.device)
-    if flat.shape[0] <= chunk_tokens:  # every position fits one chunk: no gather (index_select + its
-        # scatter in backward cost more than the unlabelled positions' head rows), no host sync
-        return F.cross_entropy(head(flat).float(), y, ignore_index=IGNORE, reduction="sum")
     keep = torch.nonzero(y != IGNORE).squeeze(1)  # one host sync on an accelerator, per micro batch
     h, y = flat.index_select(0, keep), y.index_select(0, keep)
     n = h.shape[0]
