@@ -207,6 +207,11 @@ def test_node_loss_shrinks_an_elastic_job_then_it_grows_back(tmp_path):
     resized = [e for e in core.events(job) if e["kind"] == "resized"]
     assert resized[0]["data"] == {"from": 2, "to": 1, "step": 4} and "node_lost" in _kinds(core, job)
     assert launcher.placements[job][-1] == (("a", 1),) and job in launcher.killed
+    # what it holds now is what the tenant is shown, charged and quota-checked for: 1 worker, not 2
+    (row,) = [r for r in core.tenants_usage() if r["tenant"] == "demo"]
+    assert row["usage"]["workers"] == 1
+    core.tick()
+    assert core.metrics.usage.labels("demo", "workers")._value.get() == 1
     capacity.nodes["b"] = lost  # capacity returns: checkpoint, then restart on 2
     core.tick()
     assert launcher.preempted == [job]

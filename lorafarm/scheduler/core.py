@@ -231,7 +231,7 @@ class SchedulerCore:
 
     def tenants_usage(self, caller: Caller | None = None) -> list[dict[str, Any]]:
         with self.lock:
-            rows = tenants_usage(list(self.jobs.values()), self.tenants)
+            rows = tenants_usage(list(self.jobs.values()), self.tenants, self._running(self.clock.now()))
         return rows if caller is None or caller.admin else [r for r in rows if r["tenant"] == caller.tenant]
 
     def report(self, job_id: str, event: Event) -> None:

@@ -12,23 +12,17 @@ from ..spec import TenantsConfig
 from .state import JobRecord, JobState
 
 
-def held_by_tenant(jobs: Collection[JobRecord]) -> dict[str, Usage]:
-    """What each tenant's running jobs hold."""
-    held: dict[str, Usage] = collections.defaultdict(Usage)
-    for job in jobs:
-        if job.state is JobState.RUNNING:
-            held[job.tenant].add(job)
-    return held
-
-
 def tenant_names(jobs: Collection[JobRecord], tenants: TenantsConfig) -> set[str]:
     """Every tenant in the tenants file or with a job."""
     return {*tenants.tenant_names(), *(j.tenant for j in jobs)}
 
 
-def tenants_usage(jobs: Collection[JobRecord], tenants: TenantsConfig) -> list[dict]:
-    """The ``lorafarm tenants`` rows: quota, weight, queued, running and usage per tenant."""
-    held = held_by_tenant(jobs)
+def tenants_usage(jobs: Collection[JobRecord], tenants: TenantsConfig,
+                  running: Sequence[RunningJob]) -> list[dict]:
+    """The ``lorafarm tenants`` rows: quota, weight, queued, running and usage per tenant; usage
+    is what ``running`` (the policy's views: an elastic job at its current size) holds, the
+    figure quotas are checked against and the gauges and chargeback show."""
+    held = usage_by_tenant(running)
     states = collections.Counter((j.tenant, j.state) for j in jobs)
     out = []
     for name in sorted(tenant_names(jobs, tenants)):
