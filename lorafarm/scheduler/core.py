@@ -471,6 +471,7 @@ class SchedulerCore:
         lost_ids = set(ids)
         record.placement = [(n, k) for n, k in record.placement if n not in lost_ids]
         record.worker_nodes = [w for w in record.worker_nodes if w.get("node_id") not in lost_ids]
+        self.index.reshaped(record)  # the fit below sees it without the lost node's workers
         self._resize(record, now, f"node {names} lost")
 
     def _resize(self, record: JobRecord, now: float, why: str) -> None:
