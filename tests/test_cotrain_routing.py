@@ -135,3 +135,38 @@ def test_routing_names_every_row():
     model = new_pack(base(torch.float32), {"x": MEMBERS["x"][:2]})
     with pytest.raises(ValueError, match="3 rows but 2 members"), routed(model, ["x", "x"]):
         per_row_loss(model, rows_for("x", 0, 3), torch.float32)
+
+
+def test_a_member_exports_its_own_peft_adapter(tmp_path):
+    """What a member publishes is its adapter alone, in PEFT's format: loaded by
+    ``PeftModel.from_pretrained`` onto a fresh base it gives the pack's logits for its rows."""
+    from peft import PeftModel
+
+    from lorafarm.adapter.save import save_peft
+    from lorafarm.cotrain import member_state
+
+    model = new_pack(base(torch.float32), {m: (lora, seed) for m, (lora, seed, *_) in MEMBERS.items()})
+    with torch.no_grad():  # B = 0 at init: give every adapter a visible effect
+        g = torch.Generator().manual_seed(3)
+        for n, p in model.named_parameters():
+            if "lora_B" in n:
+                p.copy_(torch.randn(p.shape, generator=g) * 0.05)
+    model.eval()
+    rows = rows_for("y", 0, 2) + rows_for("z", 0, 1)
+    batch = collate(rows, 0, False)
+    with torch.no_grad(), routed(model, ["y", "y", "z"]):
+        packed = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    for name, idx in (("y", slice(0, 2)), ("z", slice(2, 3))):
+        out = save_peft(tmp_path / name, member_state(model, name), model.peft_config[name], "tiny")
+        alone = PeftModel.from_pretrained(base(torch.float32), str(out)).eval()
+        with torch.no_grad():
+            logits = alone(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
+                           use_cache=False).logits
+        assert torch.allclose(logits, packed[idx], atol=1e-5, rtol=1e-5), name
+        assert not torch.allclose(logits, base_logits(batch, idx), atol=1e-3)  # the adapter acts
+
+
+def base_logits(batch, idx) -> torch.Tensor:
+    with torch.no_grad():
+        return base(torch.float32)(input_ids=batch["input_ids"][idx], attention_mask=batch["attention_mask"][idx],
+                                   use_cache=False).logits

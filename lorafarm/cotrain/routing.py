@@ -121,3 +121,13 @@ def member_loss(token_loss: torch.Tensor, members: Sequence[str], label_tokens: 
     scale = torch.tensor([1.0 / max(1, label_tokens[m]) for m in members], dtype=token_loss.dtype,
                          device=token_loss.device)
     return (token_loss * scale).sum()
+
+
+def member_state(model, name: str) -> dict[str, torch.Tensor]:
+    """Member ``name``'s adapter as PEFT saves a job's own (keys without the member's name, fp32
+    on the CPU): with ``model.peft_config[name]`` it is the member's PEFT adapter
+    (:func:`lorafarm.adapter.save.save_peft`), loadable alone by ``PeftModel.from_pretrained``."""
+    from peft import get_peft_model_state_dict
+
+    full = {n: p.detach().to(torch.float32).cpu().clone() for n, p in model.named_parameters() if "lora_" in n}
+    return get_peft_model_state_dict(model, state_dict=full, adapter_name=name)
