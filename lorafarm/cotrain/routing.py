@@ -50,12 +50,13 @@ def new_pack(base, members: dict[str, tuple]):
 def _no_active_adapter(model) -> None:
     """PEFT applies no adapter by itself (the base only): :func:`routed` adds each member's to
     its rows. PEFT's ``set_adapter`` also freezes what is not active: the members train again."""
-    from peft.tuners.lora import LoraLayer
+    from peft.tuners.lora import Linear, LoraLayer
 
     for m in model.modules():
         if isinstance(m, LoraLayer):
-            if m.lora_variant:
-                raise ValueError("co-training supports plain LoRA layers only (no DoRA or other variants)")
+            if not isinstance(m, Linear) or m.lora_variant:  # routed() adds lora_B(lora_A(x)) of linear layers
+                raise ValueError(f"co-training supports plain LoRA on linear layers only, not {type(m).__name__}"
+                                 + (" with a variant (DoRA, …)" if getattr(m, "lora_variant", None) else ""))
             m.set_adapter([])
     for name in model.peft_config:  # every member's adapter
         for p in member_parameters(model, name):
