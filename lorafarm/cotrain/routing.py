@@ -14,7 +14,9 @@ Exactness: a row's activations depend only on that row (attention, norms and MLP
 so each row's loss, and each adapter's gradient from its own rows, is what the job alone would
 compute; a member's loss is normalised by its own label-token count (:func:`member_loss`), so
 its gradient is the solo gradient, not a share of the pack's. Each member keeps its own
-optimizer (:func:`member_parameters`), learning rate, schedule and clipping norm.
+parameters (:func:`member_parameters`), optimizer group, learning rate, schedule and clipping
+norm (:func:`lorafarm.cotrain.member_optimizer`). With LoRA dropout > 0 the masks are drawn by
+the pack (``nn.Dropout`` per member), not as the job alone would draw them: exact at dropout 0.
 """
 
 from __future__ import annotations
