@@ -16,6 +16,7 @@ sum of the processes' peak RSS (``ru_maxrss``), and the ratios pack / separate.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -25,6 +26,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import benchlib as bl  # noqa: E402
 
 RANKS = (4, 8, 16, 2, 32, 8, 4, 16)
 TARGETS = (["q_proj", "v_proj"], "all-linear")
@@ -69,8 +73,7 @@ def child(cfg: dict) -> dict:
         ids = torch.randint(4, 320, (b, t), generator=g)
         labels = torch.roll(ids, -1, 1)
         labels[:, -1] = -100
-        ctx = routed(model, members) if len(jobs) > 1 else _nothing()
-        with ctx:
+        with routed(model, members) if len(jobs) > 1 else contextlib.nullcontext():
             logits = model(input_ids=ids, use_cache=False).logits.float()
         ce = F.cross_entropy(logits.transpose(1, 2), labels, ignore_index=-100, reduction="none").sum(1)
         per = {j["name"]: int(t - 1) * cfg["micro"] for j in jobs}
@@ -85,14 +88,6 @@ def child(cfg: dict) -> dict:
     wall = time.perf_counter() - t0
     return {"tokens": tokens, "seconds": wall, "started": started, "ended": time.time(),
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-class _nothing:
-    def __enter__(self):
-        return None
-
-    def __exit__(self, *a):
-        return False
 
 
 def spawn(jobs: list[dict], threads: int, args) -> subprocess.Popen:
@@ -138,7 +133,7 @@ def main() -> int:
     seq_tps = sum(r["tokens"] for r in sequential) / sum(r["seconds"] for r in sequential)
     pack_tps = pack["tokens"] / pack["seconds"]
     out = {"bench": "cotrain", "jobs": args.jobs, "steps": args.steps, "seq": args.seq, "micro": args.micro,
-           "cores": cores, "loadavg": os.getloadavg(),
+           "cores": cores, "loadavg": bl.loadavg(),
            "pack": {"tokens_per_s": pack_tps, "peak_rss_mb": pack["peak_rss_mb"], "process_wall_s": pack_wall},
            "separate": {"tokens_per_s": sep_tps, "peak_rss_mb": sum(r["peak_rss_mb"] for r in separate),
                         "process_wall_s": separate_wall},
@@ -147,7 +142,7 @@ def main() -> int:
     out["pack_over_separate"] = {"tokens_per_s": pack_tps / sep_tps,
                                  "peak_rss": pack["peak_rss_mb"] / out["separate"]["peak_rss_mb"]}
     out["pack_over_sequential_tokens_per_s"] = pack_tps / seq_tps
-    print("BENCH " + json.dumps(out))
+    bl.emit(out)
     r = out["pack_over_separate"]
     print(f"| {args.jobs} jobs co-trained vs separate concurrent | tokens/s {r['tokens_per_s']:.3f}× (target ≥ 1.0×: "
           f"{'met' if r['tokens_per_s'] >= 1.0 else 'missed'}) | peak RSS {r['peak_rss']:.3f}× (target ≤ 0.5×: "

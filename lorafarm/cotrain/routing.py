@@ -32,17 +32,10 @@ def new_pack(base, members: dict[str, tuple]):
     """A PEFT model over the frozen ``base`` holding every member's adapter: ``members`` maps a
     name to ``(LoraSpec, seed)``; each is initialised as :func:`~lorafarm.model.apply_lora` would
     initialise that job's adapter alone."""
-    from peft import get_peft_model
-
-    from ..model.lora import lora_config
+    from ..model.lora import apply_lora
 
     (first, (lora, seed)), *rest = members.items()
-    base.requires_grad_(False)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        model = get_peft_model(base, lora_config(lora), adapter_name=first)
-    for p in model.parameters():
-        p.requires_grad_(False)
+    model = apply_lora(base, lora, seed, adapter_name=first)
     _no_active_adapter(model)
     for name, (lora, seed) in rest:
         add_member(model, name, lora, seed)

@@ -39,8 +39,9 @@ def missing_targets(model, spec: LoraSpec) -> list[str]:
     return [t for t in spec.target_modules if t not in names]
 
 
-def apply_lora(model, spec: LoraSpec, seed: int):
-    """A PEFT model whose only trainable parameters are LoRA factors (init seeded)."""
+def apply_lora(model, spec: LoraSpec, seed: int, adapter_name: str = "default"):
+    """A PEFT model whose only trainable parameters are LoRA factors (init seeded); its adapter
+    is ``adapter_name`` (a co-training pack names each member's)."""
     import torch
     from peft import get_peft_model
 
@@ -52,7 +53,7 @@ def apply_lora(model, spec: LoraSpec, seed: int):
         )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        peft_model = get_peft_model(model, lora_config(spec))
+        peft_model = get_peft_model(model, lora_config(spec), adapter_name=adapter_name)
     for name, p in peft_model.named_parameters():
         p.requires_grad_("lora_" in name)
     return peft_model

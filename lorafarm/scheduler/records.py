@@ -19,6 +19,7 @@ are owned by the scheduler and die with it, so the job is queued again, as after
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import time
@@ -75,11 +76,10 @@ class RecordStore:
     def settle(self, budget: int = SETTLE_PER_TICK) -> int:
         """Give up to ``budget`` records that are only in batch files their own file (oldest
         batch first) and delete the batch files left with none; returns how many were filed."""
-        filed = 0
-        for job_id in list(self._unfiled)[:budget]:
-            self._file(self._unfiled[job_id][1])
-            filed += 1
-        return filed
+        oldest = [record for _, record in itertools.islice(self._unfiled.values(), budget)]
+        for record in oldest:
+            self._file(record)
+        return len(oldest)
 
     @property
     def unfiled(self) -> int:
@@ -133,7 +133,7 @@ class RecordStore:
             with fs.open(name, "rb") as f:
                 record = JobRecord.model_validate(json.loads(f.read()))
             records[record.job_id] = record
-        batch_path = path.rstrip("/") + "/" + BATCHES_DIR
+        _, batch_path = filesystem(self.batches)
         try:
             batches = sorted(n for n in fs.ls(batch_path, detail=False) if n.endswith(".jsonl"))
         except FileNotFoundError:

@@ -88,19 +88,13 @@ class Chargeback:
         for tenant in self._names:
             u = held.get(tenant) or _NOTHING
             if u.gpus:
-                self._counter(m.gpu_seconds, tenant).inc(u.gpus * dt)
+                m.for_tenant(m.gpu_seconds, tenant).inc(u.gpus * dt)
             if u.cpus:
-                self._counter(m.cpu_seconds, tenant).inc(u.cpus * dt)
+                m.for_tenant(m.cpu_seconds, tenant).inc(u.cpus * dt)
             self._gauge(m.usage, (tenant, "workers"), u.workers)
             self._gauge(m.usage, (tenant, "cpus"), u.cpus)
             self._gauge(m.usage, (tenant, "gpus"), u.gpus)
 
-    def _counter(self, counter, tenant: str):
-        key = (id(counter), tenant)
-        hit = self._set.get(key)
-        if hit is None:
-            hit = self._set[key] = [counter.labels(tenant), None]
-        return hit[0]
 
 
 USAGE_FIELDS = ("workers", "cpus", "gpus")
