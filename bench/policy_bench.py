@@ -113,6 +113,7 @@ def core_bench(queued: int, tenants: int, ticks: int = 20, states: tuple[str, ..
         def kill(self, job_id): return True
         def kill_leftover(self, job_id): pass
         def release(self, pgs): pass
+        def sweep(self): return 0
 
     class Capacity:
         def __init__(self, cpus: float):

@@ -72,6 +72,9 @@ class FakeLauncher:
     def release(self, placement_groups: list[str]) -> None:
         self.released.extend(placement_groups)
 
+    def sweep(self) -> int:
+        return 0
+
 
 class FakeCapacity:
     def __init__(self, cpus: float = 4.0, gpus: float = 0.0):

@@ -87,3 +87,34 @@ def test_shortest_estimate_starts_first_and_etas_are_ordered(head):
         started.append(running[0])
         head.lorafarm("cancel", jobs[running[0]], check=True)
     assert started == ["short", "mid", "long"]  # submitted long, short, mid
+
+
+# cancels the job from inside the cluster the moment its workers' placement group exists: Ray
+# Train hands the group to its own cleaner only once the workers have started, so this is the
+# moment a stopped run used to leave the group holding the gang's CPUs for good
+CANCEL_WHEN_GROUP_EXISTS = """
+import time, ray
+from ray.util import placement_group_table
+from lorafarm.scheduler.names import NAMESPACE, SCHEDULER_NAME
+ray.init(namespace=NAMESPACE, logging_level="ERROR")
+scheduler = ray.get_actor(SCHEDULER_NAME)
+deadline = time.time() + 240
+while time.time() < deadline:
+    if any(pg["state"] == "CREATED" for pg in placement_group_table().values()):
+        ray.get(scheduler.cancel.remote({job_id!r}))
+        print("cancelled while its workers started")
+        break
+    time.sleep(0.02)
+"""
+
+
+def test_a_job_cancelled_while_its_workers_start_frees_them_for_the_next(head):
+    first = _submit(head, _spec(head, "startup-cancelled", 100000))
+    watch = head.python(CANCEL_WHEN_GROUP_EXISTS.format(job_id=first), timeout=300)
+    assert "cancelled while its workers started" in watch.stdout, watch.stderr[-3000:]
+    assert _status(head, first)["state"] == "CANCELLED"
+    second = _submit(head, _spec(head, "after-it", 100000))
+    wait_for(lambda: _status(head, second).get("started_at") is not None, 180, "the next job to start",
+             describe=lambda: (head.ray("status", "--address", head.address).stdout[-1500:],
+                               head.scheduler_lines()))
+    head.lorafarm("cancel", second, check=True)

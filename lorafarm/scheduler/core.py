@@ -265,6 +265,8 @@ class SchedulerCore:
         self.heap.grew(len(self.jobs))
         self._follow_nodes()
         self._reap()
+        if self.launcher.sweep():  # outside the lock: it asks Ray
+            print("lorafarm scheduler: removed the worker group(s) of a run stopped while it started", flush=True)
         self._reconcile()
         self._admit()
         with self.lock:

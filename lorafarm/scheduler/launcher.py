@@ -13,7 +13,9 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from ..events import RunOutcome
 from ..spec import JobSpec
 from .names import NAMESPACE, RUNNER_PREFIX
-from .runner import Runner, remove_placement_groups
+from .runner import Runner, orphaned_placement_groups, remove_placement_groups
+
+SWEEP_EVERY_S = 5.0  # how often the orphaned placement groups of stopped runs are looked for
 
 
 class RayLauncher:
@@ -21,6 +23,8 @@ class RayLauncher:
         self.scheduler_handle = scheduler_handle  # where runners report events
         self._runs: dict[str, tuple[Any, Any]] = {}  # job id -> (runner actor, ref of its run())
         self._lock = threading.Lock()  # cancel (an API thread) and the admission loop both use it
+        self._job_id = ray.get_runtime_context().get_job_id()  # the job every runner's actors belong to
+        self._next_sweep = 0.0
 
     def start(self, job_id: str, spec: JobSpec, store_root: str, placement=()) -> None:
         """Start the job's runner; ``placement`` (node id, workers) pins its workers to those nodes."""
@@ -78,3 +82,13 @@ class RayLauncher:
 
     def release(self, placement_groups: list[str]) -> None:
         remove_placement_groups(placement_groups)
+
+    def sweep(self) -> int:
+        """Remove the placement groups of runs stopped before their workers reported them (see
+        :func:`~lorafarm.scheduler.runner.orphaned_placement_groups`), at most every few seconds;
+        how many were removed."""
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return 0
+        self._next_sweep = now + SWEEP_EVERY_S
+        return remove_placement_groups(orphaned_placement_groups(self._job_id))

@@ -52,6 +52,24 @@ class Runner:
         return True
 
 
+def orphaned_placement_groups(job_id_hex: str) -> list[str]:
+    """The live placement groups that actors of job ``job_id_hex`` created and that outlived
+    their creator. Ray keeps a non-detached group until its creator actor *and* its job are
+    gone, and Ray Train hands a group to its own cleaner only once the workers have started: a
+    runner stopped in between (cancel, hang, node loss) leaves its controller's group holding
+    the gang's resources for as long as the scheduler's job lives."""
+    from ray._private.state import state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    out = []
+    for raw in state._connect_and_get_accessor().get_placement_group_table():
+        pg = PlacementGroupTableData.FromString(raw)
+        if (pg.creator_job_id.hex() == job_id_hex and pg.creator_actor_dead and not pg.is_detached
+                and pg.state != PlacementGroupTableData.REMOVED):
+            out.append(pg.placement_group_id.hex())
+    return out
+
+
 def remove_placement_groups(hex_ids: list[str]) -> int:
     """Remove placement groups by id (their actors die with them); unknown or already removed
     ones are skipped. Returns how many were removed."""

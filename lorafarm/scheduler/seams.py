@@ -54,6 +54,10 @@ class Launcher(Protocol):
         """Free the resources of a stopped run's worker groups (placement group hex ids)."""
         ...
 
+    def sweep(self) -> int:
+        """Free worker groups that stopped runs left without reporting them; how many."""
+        ...
+
 
 class Capacity(Protocol):
     def cluster(self, running: Sequence[RunningJob]) -> ClusterState:
