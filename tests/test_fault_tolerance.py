@@ -32,10 +32,10 @@ TENANTS = textwrap.dedent("""
 TERMINAL = ("SUCCEEDED", "FAILED", "CANCELLED")
 
 
-def _spec(head, tenant: str, name: str, steps: int = 60) -> dict:
-    """60 steps, each held to at least 2 s by the test cluster's step floor (tests/ray_head.py; the
-    tiny model computes one in ~0.2 s): long enough that a kill or a preemption lands mid-run, not
-    after the last step, however slow the CLI calls that trigger it are."""
+def _spec(head, tenant: str, name: str, steps: int = 24) -> dict:
+    """24 steps, each held to at least 2 s by the test cluster's step floor (tests/ray_head.py; the
+    tiny model computes one in ~0.2 s): a kill or a preemption triggered at step 3-4 lands mid-run
+    with some 40 s to spare, however slow the CLI calls that trigger it are."""
     return quickstart_spec(
         tenant, name, head.tmp / "small.jsonl",
         lora={"dropout": 0.1},  # masks are seeded per row and step: a restart must not change them

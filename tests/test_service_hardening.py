@@ -200,9 +200,17 @@ def test_data_ready_is_logged_as_text_not_a_dict(tmp_path):
     core = make_core(tmp_path / "store", clock=FakeClock(), launcher=launcher)
     job = core.submit(spec())["job_id"]
     core.tick()
-    core.report(job, DataReady(stats={"examples": 48, "tokens": 3000}))
-    line = core.logs_since(job)[0][-1]
-    assert line.endswith("data: 48 examples, 3000 tokens") and "{" not in line
+    masked = ["/d/small.jsonl:1", "/d/small.jsonl:3"]
+    warning = "dataset: 2 of 48 examples (4.2%) lose all their labels and are dropped (/d/small.jsonl:1; …)"
+    core.report(job, DataReady(stats={  # the fields prepare() really reports, lists and dicts among them
+        "examples": 48, "skipped_bad_rows": 0, "bad_row_problems": {}, "all_masked_dropped": 2,
+        "all_masked_rows": masked, "warnings": [warning], "truncated": 48, "tokens": 3000, "label_tokens": 468,
+        "rows": 35, "eval_examples": 0, "cache_files": 1}))
+    data, warned = core.logs_since(job)[0][-2:]
+    assert data.endswith("data: 48 examples, 2 all_masked_dropped, 48 truncated, 3000 tokens, 468 label_tokens, "
+                         "35 rows, 1 cache_files"), data
+    assert not any(c in data for c in "{[") and "skipped_bad_rows" not in data
+    assert warned.endswith(f"warning: {warning}")
 
 
 # -- following a job across a scheduler restart (the CLI's loop, the scheduler faked) ---------------
@@ -300,7 +308,8 @@ def test_restart_port_and_config_on_a_real_cluster(serve_cluster, s3_bucket, tmp
 
     spec_file.write_text(yaml.safe_dump(quickstart_spec(
         "demo", "restart", head.tmp / "small.jsonl",
-        training={"max_steps": 60, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
+        # 24 paced steps (2 s each): the scheduler is killed after step 2, long before the last
+        training={"max_steps": 24, "warmup_steps": 1, "eval_every_steps": 0, "seq_len": 64, "global_batch_size": 4,
                   "micro_batch_size": 4, "checkpoint_every_steps": 2},
         resources={"workers": 1, "cpus_per_worker": 1})))
 

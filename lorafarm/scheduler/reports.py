@@ -36,6 +36,14 @@ class LiveRun:
     growing: bool = False  # that stop is for a shrunk elastic job to restart larger
 
 
+def data_line(stats: dict) -> str:
+    """The data stats as one log line: the counts that are not zero (examples always), never the
+    lists of rows or problems behind them (``status``/``events`` carry those)."""
+    counts = [(k, v) for k, v in stats.items()
+              if isinstance(v, int | float) and not isinstance(v, bool) and (v or k == "examples")]
+    return "data: " + (", ".join(f"{v:g} {k}" for k, v in counts) or "ready")
+
+
 def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics, log: Callable[[str], None],
                 now: float) -> bool:
     """Apply ``event`` from ``record``'s runner. True when the record changed in a way a
@@ -53,8 +61,9 @@ def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics,
         case Phase():
             log(event.phase)
         case DataReady():
-            log("data: " + (", ".join(f"{v} {k}" for k, v in event.stats.items()) or "ready")
-                + (" (cache hit)" if event.cache_hit else ""))
+            log(data_line(event.stats) + (" (cache hit)" if event.cache_hit else ""))
+            for warning in event.stats.get("warnings") or ():
+                log(f"warning: {warning}")
         case WorkerError():
             retry = " — Ray Train restarts the workers from the latest checkpoint" if event.retryable else ""
             record.note(now, EventKind.FAILURE, event.reason + retry)
