@@ -59,12 +59,14 @@ def orphaned_placement_groups(job_id_hex: str) -> list[str]:
     runner stopped in between (cancel, hang, node loss) leaves its controller's group holding
     the gang's resources for as long as the scheduler's job lives."""
     from ray._private.state import state
+    from ray._raylet import ActorID
     from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 
     out = []
     for raw in state._connect_and_get_accessor().get_placement_group_table():
         pg = PlacementGroupTableData.FromString(raw)
-        if (pg.creator_job_id.hex() == job_id_hex and pg.creator_actor_dead and not pg.is_detached
+        by_actor = len(pg.creator_actor_id) == ActorID.size() and not ActorID(pg.creator_actor_id).is_nil()
+        if (by_actor and pg.creator_actor_dead and pg.creator_job_id.hex() == job_id_hex and not pg.is_detached
                 and pg.state != PlacementGroupTableData.REMOVED):
             out.append(pg.placement_group_id.hex())
     return out
