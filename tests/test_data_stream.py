@@ -64,11 +64,22 @@ def _same_cache(a, b) -> None:
         assert load_rows(a.eval_uri).to_pylist() == load_rows(b.eval_uri).to_pylist()
 
 
-def _ray_only(monkeypatch):
+def _ray_only(monkeypatch) -> list[int]:
+    """Every unit after the first (timed in process) goes to Ray Data tasks; the returned list
+    gets the number of units each Ray Data run took."""
     def not_local(*_a, **_k):
         raise AssertionError("with Ray up and data this size, tokenization must run as Ray Data tasks")
 
+    ran, run_ray = [], pipeline.stream.run_ray
+
+    def counted(units, *a, **k):
+        ran.append(len(units))
+        return run_ray(units, *a, **k)
+
     monkeypatch.setattr(pipeline.stream, "run_local", not_local)
+    monkeypatch.setattr(pipeline.stream, "ray_pays_off", lambda *_a: True)
+    monkeypatch.setattr(pipeline.stream, "run_ray", counted)
+    return ran
 
 
 @pytest.mark.integration
@@ -83,9 +94,11 @@ def test_example_chat_data_streams_to_the_in_process_cache(tmp_path, tiny_tokeni
     spec = cache_spec(ROOT / "jobs/data/pirate_chat.jsonl", **{"dataset.format": "chat", "training.seq_len": 256,
                                                                "training.packing": True})
     local = prepare(spec, str(tok), Store.open(str(tmp_path / "local")), parallel=False)
-    _ray_only(monkeypatch)
+    ran = _ray_only(monkeypatch)
     ray_prepared = prepare(spec, str(tok), Store.open(str(tmp_path / "ray")), parallel=True)
     assert local.stats["cache_files"] > 20  # many units really ran
+    units = pipeline.stream.plan_units(spec.dataset.uri, "train")
+    assert ran == [len(units) - 1]  # all but the first (timed in process) as Ray Data tasks
     _same_cache(local, ray_prepared)
 
 
@@ -117,8 +130,9 @@ def test_multi_file_dataset_streams_to_the_in_process_cache(kind, tmp_path, tiny
         uri, store_root = f"s3://{bucket}/ds", f"s3://{bucket}/store"
     spec = cache_spec(uri, **{"training.packing": kind != "parquet"})
     local = prepare(spec, tiny_tokenizer_dir, Store.open(store_root + "-local"), parallel=False)
-    _ray_only(monkeypatch)
+    ran = _ray_only(monkeypatch)
     streamed = prepare(spec, tiny_tokenizer_dir, Store.open(store_root), parallel=True)
+    assert len(ran) == 1 and ran[0] >= 3  # the units after the first ran as Ray Data tasks
     _same_cache(local, streamed)
     s = local.stats
     assert s["examples"] + s["eval_examples"] == sum(sizes) and 0.1 < s["eval_examples"] / sum(sizes) < 0.3
@@ -232,3 +246,26 @@ def test_data_larger_than_the_worker_row_budget_trains_on_the_same_rows(tmp_path
     assert run["published"] and len(run["losses"]) == 3 and all(math.isfinite(x) for x in run["losses"])
     assert 0 < run["peak_cached_bytes"] <= budget < size // 20
     assert run["groups_read"] >= 3 * 8 // 2  # rows really came from many row groups, step by step
+
+
+def test_ray_data_takes_over_only_when_it_ends_sooner():
+    from lorafarm.data.stream import RAY_START_S, RAY_TASK_COST, ray_pays_off
+
+    assert not ray_pays_off(10_000, 1)  # one CPU: a task is slower than this process
+    assert not ray_pays_off(RAY_START_S, 8)  # the rest is shorter than Ray Data's start-up
+    break_even = RAY_START_S / (1 - RAY_TASK_COST / 2)  # 2 CPUs: 60 s here
+    assert not ray_pays_off(break_even * 0.9, 2) and ray_pays_off(break_even * 1.1, 2)
+    assert ray_pays_off(break_even * 0.5, 16)  # more CPUs pay off sooner
+
+
+@pytest.mark.integration
+def test_a_small_dataset_with_ray_up_stays_in_process(tmp_path, tiny_tokenizer_dir, ray_session, monkeypatch):
+    _small_units(monkeypatch)
+    ran: list[int] = []
+    monkeypatch.setattr(pipeline.stream, "run_ray", lambda units, *a, **k: ran.append(len(units)))
+    data = _write_jsonl_files(tmp_path / "data", [120, 7, 260])
+    spec = cache_spec(str(data))
+    local = prepare(spec, tiny_tokenizer_dir, Store.open(str(tmp_path / "a")), parallel=False)
+    adaptive = prepare(spec, tiny_tokenizer_dir, Store.open(str(tmp_path / "b")), parallel=True)
+    assert ran == [] and local.stats["cache_files"] > 5  # many units, each far shorter than Ray's start-up
+    _same_cache(local, adaptive)

@@ -91,9 +91,11 @@ def prepare(spec: JobSpec, tokenizer_dir: str, store: Store, *, parallel: bool =
         units += stream.plan_units(d.eval_uri, "eval", first_uid=len(units))
     total_bytes = sum(u.size for u in units)
     big = len(units) > 1 and total_bytes >= LOCAL_BELOW_BYTES
-    run = stream.run_ray if parallel and big and _ray_ready() else stream.run_local
     merger = _Merger(units, on_progress)
-    run(units, spec, tokenizer_dir, root, merger.add)
+    if parallel and big and _ray_ready():  # in process while that is faster, then Ray Data tasks
+        stream.run_adaptive(units, spec, tokenizer_dir, root, merger.add, cpus=_free_cpus())
+    else:
+        stream.run_local(units, spec, tokenizer_dir, root, merger.add)
     return merger.finish(spec, root, train_uri, eval_uri, data_fp)
 
 
@@ -204,6 +206,13 @@ def progress_line(rows: int, done_bytes: int, total_bytes: int, elapsed: float) 
     eta = elapsed * (1 - share) / share if share > 0 else float("nan")
     eta_text = f"ETA {eta:,.0f} s" if share < 1 and eta == eta else "done"
     return f"tokenizing: {rows:,} rows ({share:.0%}), {rate:,.0f} rows/s, {eta_text}"
+
+
+def _free_cpus() -> float:
+    """The CPUs Ray Data tasks could use now."""
+    import ray
+
+    return float(ray.available_resources().get("CPU", 0.0))
 
 
 def _ray_ready() -> bool:

@@ -21,6 +21,7 @@ import hashlib
 import os
 import pickle
 import re
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,6 +38,11 @@ from .read import BadRowReport, checked_examples, file_size, list_files, parquet
 
 UNIT_BYTES = 1 << 20  # a JSONL file is read in ranges of this many bytes, one task each (~1-5k chat rows)
 UNIT_ROWS = 16_384  # a Parquet file in runs of whole row groups of about this many rows
+# measured on a 2-core VM (bench/data_bench.py): Ray Data's first task result arrives ~15 s after
+# the dataset starts, and a unit then takes ~1.5x its in-process time per task (worker start-up,
+# pickling, the store's file system opened again per task)
+RAY_START_S = 15.0
+RAY_TASK_COST = 1.5
 _REF = re.compile("\x1f(\\d+)\x1f")
 
 
@@ -168,6 +174,31 @@ def run_local(units: list[Unit], spec: JobSpec, tokenizer_dir: str, root: str, o
         summary = encode_unit(u, spec, tokenizer_dir, root)
         on_unit(summary)
         if summary["error"]:
+            return
+
+
+def ray_pays_off(remaining_s: float, cpus: float) -> bool:
+    """Whether Ray Data tasks on ``cpus`` CPUs would end the rest sooner than this process, which
+    needs ``remaining_s`` more seconds: never on fewer than 2 CPUs (a task is slower than here)."""
+    return cpus >= 2 and RAY_START_S + remaining_s * RAY_TASK_COST / cpus < remaining_s
+
+
+def run_adaptive(units: list[Unit], spec: JobSpec, tokenizer_dir: str, root: str, on_unit, cpus: float) -> None:
+    """Tokenize in process, timing each unit, for as long as that is the faster way: once the
+    rest (at the rate measured so far) would take longer here than Ray Data's start-up plus the
+    rest spread over ``cpus`` CPUs, the remaining units go to Ray Data tasks. Same units, same
+    cache either way; small datasets never pay Ray's start-up."""
+    t0, done = time.perf_counter(), 0
+    for i, u in enumerate(units):
+        summary = encode_unit(u, spec, tokenizer_dir, root)
+        on_unit(summary)
+        if summary["error"] or i + 1 == len(units):
+            return
+        done += max(1, u.size)
+        rest = units[i + 1:]
+        remaining_s = (time.perf_counter() - t0) / done * sum(max(1, r.size) for r in rest)
+        if ray_pays_off(remaining_s, cpus):
+            run_ray(rest, spec, tokenizer_dir, root, on_unit)
             return
 
 
