@@ -188,6 +188,7 @@ def run_adaptive(units: list[Unit], spec: JobSpec, tokenizer_dir: str, root: str
     rest (at the rate measured so far) would take longer here than Ray Data's start-up plus the
     rest spread over ``cpus`` CPUs, the remaining units go to Ray Data tasks. Same units, same
     cache either way; small datasets never pay Ray's start-up."""
+    _tokenizer(tokenizer_dir)  # loaded once, before the clock: the rate is the units' own
     t0, done = time.perf_counter(), 0
     for i, u in enumerate(units):
         summary = encode_unit(u, spec, tokenizer_dir, root)
