@@ -42,7 +42,6 @@ class LiveEstimates:
         self._requests: dict[str, tuple[tuple, Any]] = {}  # job id -> (cache key, JobRequest)
         self._durations: dict[tuple, float | None] = {}  # (shape, steps, prior, accelerator) -> estimate, this generation
         self._durations_generation = -1
-        self._version = 0  # bumped whenever an estimate may have changed
 
     # ------------------------------------------------------------ shapes
     def shape(self, record: Any) -> JobShape:
@@ -110,7 +109,6 @@ class LiveEstimates:
         estimate = self.queued_estimate(record)
         self.estimator.started(record.job_id, s.key, self.steps(record), s.accelerator, s.prior_s)
         self._requests.pop(record.job_id, None)
-        self._version += 1
         return estimate
 
     def step(self, record: Any, step: int, step_time_s: float, total_steps: int | None,
@@ -121,7 +119,6 @@ class LiveEstimates:
         if total_steps and s.steps is None:
             self.estimator.note_epoch_steps(s.epochs_key, total_steps)
         self.estimator.step(record.job_id, step, step_time_s, total_steps)
-        self._version += 1
 
     def finished(self, record: Any, estimate_s: float | None) -> dict[str, float] | None:
         """The run ended: learn from it, persist, and return ``{estimate_s, actual_s, ratio}``
@@ -130,7 +127,6 @@ class LiveEstimates:
         measured = run.total_s if run is not None else 0.0
         steps = run.last_step if run is not None else 0
         self.estimator.finished(record.job_id)
-        self._version += 1
         self.save()
         total = self.steps(record)
         if not estimate_s or not measured or not steps:
