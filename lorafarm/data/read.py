@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import codecs
 import collections
+import contextlib
 import glob as globlib
 import hashlib
 import json
@@ -159,17 +160,9 @@ class _TooLarge:
                 "example or raise the limit")
 
 
-def _iter_rows(f: str, spec: DatasetSpec):
-    """(row number, row) pairs; JSONL rows are 1-based line numbers, Parquet rows 0-based indices.
-
-    JSON and JSONL are read in chunks of ``CHUNK_BYTES``: a line over ``dataset.max_row_bytes``
-    is counted to its end and reported as a :class:`_TooLarge` row without being held, so no more
-    than about ``max_row_bytes + CHUNK_BYTES`` of a file is in memory at once."""
-    fs, path = filesystem(f)
-    _check_regular(f, fs, path)
-    if f.endswith(".parquet"):
-        yield from _parquet_rows(f, fs, path, spec)
-        return
+@contextlib.contextmanager
+def _opened(f: str, fs, path: str):
+    """``f`` open for reading, and a ``read(n)`` whose errors name the file and the fix."""
     try:
         fh = _io(f, "opening", lambda: fs.open(path, "rb"))
     except OSError as e:
@@ -181,6 +174,21 @@ def _iter_rows(f: str, spec: DatasetSpec):
             except OSError as e:
                 raise _unreadable(f, e) from None
 
+        yield fh, read
+
+
+def _iter_rows(f: str, spec: DatasetSpec):
+    """(row number, row) pairs; JSONL rows are 1-based line numbers, Parquet rows 0-based indices.
+
+    JSON and JSONL are read in chunks of ``CHUNK_BYTES``: a line over ``dataset.max_row_bytes``
+    is counted to its end and reported as a :class:`_TooLarge` row without being held, so no more
+    than about ``max_row_bytes + CHUNK_BYTES`` of a file is in memory at once."""
+    fs, path = filesystem(f)
+    _check_regular(f, fs, path)
+    if f.endswith(".parquet"):
+        yield from _parquet_rows(f, fs, path, spec)
+        return
+    with _opened(f, fs, path) as (_fh, read):
         first = read(CHUNK_BYTES)
         if first.startswith(codecs.BOM_UTF8):  # not part of row 1
             first = first[len(codecs.BOM_UTF8):]
@@ -582,17 +590,7 @@ def range_rows(f: str, spec: DatasetSpec, start: int, end: int, line_ref: Callab
     depend on how the file is split. The last element yielded is ``("lines", count)``."""
     fs, path = filesystem(f)
     _check_regular(f, fs, path)
-    try:
-        fh = _io(f, "opening", lambda: fs.open(path, "rb"))
-    except OSError as e:
-        raise _unreadable(f, e) from None
-    with fh:
-        def read(n: int) -> bytes:
-            try:
-                return _io(f, "reading", lambda: fh.read(n))
-            except OSError as e:
-                raise _unreadable(f, e) from None
-
+    with _opened(f, fs, path) as (fh, read):
         pos = start
         if start:
             _io(f, "seeking in", lambda: fh.seek(start - 1))
