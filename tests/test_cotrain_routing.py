@@ -75,8 +75,13 @@ def train_alone(name: str, dtype) -> dict[str, torch.Tensor]:
     return {k.replace(".default.", "."): v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
 
 
-def train_packed(dtype, route=lambda members: members) -> dict[str, dict[str, torch.Tensor]]:
-    model = new_pack(base(dtype), {m: (lora, seed) for m, (lora, seed, *_) in MEMBERS.items()})
+def train_packed(dtype, route=lambda members: members, checkpointing: bool = False,
+                 backward_routed: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    frozen = base(dtype)
+    if checkpointing:  # as lorafarm.model.load.load_base sets it up
+        frozen.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        frozen.enable_input_require_grads()
+    model = new_pack(frozen, {m: (lora, seed) for m, (lora, seed, *_) in MEMBERS.items()})
     model.train()
     params = {m: member_parameters(model, m) for m in MEMBERS}
     opts = {m: torch.optim.AdamW(params[m], lr=MEMBERS[m][2]) for m in MEMBERS}
@@ -90,12 +95,15 @@ def train_packed(dtype, route=lambda members: members) -> dict[str, dict[str, to
             members += [m] * len(r)
         order = torch.randperm(len(rows), generator=torch.Generator().manual_seed(step)).tolist()  # interleaved
         rows, members = [rows[i] for i in order], [members[i] for i in order]
-        with routed(model, route(members)):
-            loss, labels = per_row_loss(model, rows, dtype)
-        totals = {m: int(sum(int(labels[i]) for i in range(len(rows)) if members[i] == m)) for m in live}
         for opt in opts.values():
             opt.zero_grad()
-        member_loss(loss, members, totals).backward()
+        with routed(model, route(members)):
+            loss, labels = per_row_loss(model, rows, dtype)
+            totals = {m: int(sum(int(labels[i]) for i in range(len(rows)) if members[i] == m)) for m in live}
+            if backward_routed:
+                member_loss(loss, members, totals).backward()
+        if not backward_routed:
+            member_loss(loss, members, totals).backward()
         for m in live:
             torch.nn.utils.clip_grad_norm_(params[m], CLIP)
             opts[m].step()
@@ -129,6 +137,20 @@ def test_the_check_is_sharp_rows_routed_to_a_wrong_adapter_are_caught():
     packed = train_packed(torch.float32, route=swap)
     assert rel(packed["x"], train_alone("x", torch.float32)) > 1e-3
     assert rel(packed["z"], train_alone("z", torch.float32)) < 1e-5  # the others are untouched by it
+
+
+def test_under_gradient_checkpointing_the_backward_must_run_routed():
+    """Checkpointed layers run their forward again during the backward: that second forward is
+    routed only inside ``routed``, so a pack with gradient checkpointing keeps its backward there
+    (as ``bench/gpu/cotrain_gpu.py`` does); outside it the recomputation skips the members'
+    adapters, which torch's checkpoint refuses (fewer tensors saved than in the forward)."""
+    from torch.utils.checkpoint import CheckpointError
+
+    plain = train_packed(torch.float32)
+    inside = train_packed(torch.float32, checkpointing=True, backward_routed=True)
+    assert max(rel(inside[m], plain[m]) for m in MEMBERS) < 1e-5
+    with pytest.raises(CheckpointError, match="different number of tensors"):
+        train_packed(torch.float32, checkpointing=True)
 
 
 def test_routing_names_every_row():

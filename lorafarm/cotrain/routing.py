@@ -80,7 +80,9 @@ def member_parameters(model, name: str) -> list[torch.nn.Parameter]:
 def routed(model, members: Sequence[str]) -> Iterator[None]:
     """Forwards inside apply to row ``i`` of the batch only adapter ``members[i]`` (a layer
     without that member's adapter gives the row the base output). Rows of one member should be
-    consecutive: each run of them is one slice per layer."""
+    consecutive: each run of them is one slice per layer. Under gradient checkpointing the
+    backward runs layers' forwards again: keep it inside too (outside, torch's checkpoint
+    refuses the unrouted recomputation)."""
     from peft.tuners.lora import LoraLayer
 
     blocks, start = [], 0
