@@ -28,6 +28,7 @@ import re
 from typing import Any
 
 from ..errors import DataError
+from .token_ids import token_ids
 
 BUILTIN_TEMPLATE = (  # newlines as expressions: transformers renders templates with trim_blocks
     "{% if bos_token %}{{ bos_token }}{% endif %}"
@@ -166,8 +167,8 @@ def _tokenize(text: str, tokenizer, *, continued: bool) -> list[int]:
         return []
     anchor: Any = tokenizer.eos_token if continued else None
     if not anchor:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    ids = list(tokenizer(anchor + text, add_special_tokens=False)["input_ids"])
+        return token_ids(text, tokenizer)
+    ids = token_ids(anchor + text, tokenizer)
     if ids[:1] != [tokenizer.eos_token_id]:
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+        return token_ids(text, tokenizer)
     return ids[1:]

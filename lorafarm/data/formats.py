@@ -19,6 +19,7 @@ from typing import Any
 
 from ..spec import DatasetSpec
 from .chat import encode_chat
+from .token_ids import token_ids
 
 IGNORE = -100
 FORMAT_VERSION = 3  # bump when encode() gives other rows for the same input: it keys the tokenization cache
@@ -50,7 +51,7 @@ def encode(example: dict[str, Any], spec: DatasetSpec | str, tokenizer, seq_len:
         ids.append(tokenizer.bos_token_id)
         targets.append(False)
     for text, trained in pieces:
-        toks = tokenizer(text, add_special_tokens=False)["input_ids"] if text else []
+        toks = token_ids(text, tokenizer)
         ids.extend(toks)
         targets.extend([trained] * len(toks))
     ids.append(tokenizer.eos_token_id)
