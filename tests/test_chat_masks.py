@@ -22,6 +22,7 @@ from data_helpers import spec_for
 
 from lorafarm.data import IGNORE, check_labels, encode
 from lorafarm.data.formats import _finish
+from lorafarm.data.render import shortcut_trusted
 from lorafarm.errors import DataError
 
 TEMPLATES = Path(__file__).parent / "data" / "chat"
@@ -180,6 +181,7 @@ def test_every_row_trains_exactly_its_replies_and_end_of_turn_tokens(name, tok_n
         assert text == full, f"{name} row {n}: the untrained tokens are not the template's prompt text"
         checked += 1
     assert checked >= N_ROWS * 3 // 4
+    assert shortcut_trusted(tokenizer)  # rendered by the compiled template directly after the first checks
 
 
 def test_a_template_that_drops_the_system_prompt_is_reported_by_row(sentencepiece):

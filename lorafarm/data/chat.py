@@ -28,6 +28,7 @@ import re
 from typing import Any
 
 from ..errors import DataError
+from .render import render_chat
 from .token_ids import token_ids
 
 BUILTIN_TEMPLATE = (  # newlines as expressions: transformers renders templates with trim_blocks
@@ -70,7 +71,7 @@ def chat_segments(messages: list[dict[str, str]], tokenizer, where: str) -> tupl
 def _render(messages: list[dict[str, str]], tokenizer, where: str) -> str:
     template = None if getattr(tokenizer, "chat_template", None) else BUILTIN_TEMPLATE
     try:
-        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
+        return render_chat(messages, tokenizer, template)
     except Exception as e:  # noqa: BLE001 - a template raises what it likes (raise_exception, jinja errors)
         raise DataError(f"{where}: the chat template refuses this conversation ({e}) — fix the row's roles "
                         "or order, or the tokenizer's chat_template") from None
