@@ -33,7 +33,7 @@ class Encoded:
 
     @property
     def n_labels(self) -> int:
-        return sum(1 for x in self.labels if x != IGNORE)
+        return len(self.labels) - self.labels.count(IGNORE)
 
 
 def encode(example: dict[str, Any], spec: DatasetSpec | str, tokenizer, seq_len: int) -> Encoded:
