@@ -4,7 +4,9 @@ shortest-estimated-first within their tenant and band, and `status --json` carri
 `eta_start`/`eta_end` while they wait (and `eta_end` for the running blocker, from its steps).
 
 Jobs are cancelled as soon as their start is seen: what is tested is the order of admission,
-not training, so the module takes about a minute on an idle machine."""
+not training, so the module takes about two minutes on an idle machine. A job cancelled while
+its workers start must free them too (Ray Train's placement group, not yet reported: the cause
+of this test's earlier failures)."""
 
 from __future__ import annotations
 
