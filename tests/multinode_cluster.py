@@ -13,13 +13,13 @@ import signal
 import subprocess
 from pathlib import Path
 
-from ray_head import BIN, RayHead, free_port, wait_until
+from ray_head import BIN, JobCommands, RayHead, free_port, wait_until
 
 FAST_HEALTH = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "3",
                "RAY_health_check_timeout_ms": "1000"}
 
 
-class TwoNodeCluster:
+class TwoNodeCluster(JobCommands):
     def __init__(self, tmp: Path, cpus_per_node: int = 2):
         self.tmp, self.cpus = tmp, cpus_per_node
         self.head = RayHead(tmp, num_cpus=cpus_per_node, env=FAST_HEALTH)

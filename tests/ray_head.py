@@ -20,7 +20,27 @@ from helpers import ROOT, free_port, wait_for
 BIN = Path(sys.executable).parent
 
 
-class RayHead:
+class JobCommands:
+    """The job commands the end-to-end tests repeat, through the CLI (``lorafarm``/``lorafarm_json``
+    and ``tmp`` come from the class that mixes this in)."""
+
+    tmp: Path
+
+    def submit_spec(self, spec: dict) -> str:
+        """Submit ``spec`` (written to ``tmp/<name>.yaml``); its job id."""
+        path = self.tmp / f"{spec['name']}.yaml"
+        path.write_text(json.dumps(spec))
+        return self.lorafarm_json("submit", str(path))["job_id"]
+
+    def status(self, job_id: str) -> dict:
+        return self.lorafarm_json("status", job_id)
+
+    def events(self, job_id: str) -> list[dict]:
+        proc = self.lorafarm("events", job_id, "--json", check=True)
+        return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
+
+
+class RayHead(JobCommands):
     def __init__(self, tmp: Path, num_cpus: int = 6, env: dict[str, str] | None = None):
         self.tmp = tmp
         self.port, self.dashboard_port = free_port(), free_port()

@@ -10,7 +10,6 @@ of this test's earlier failures)."""
 
 from __future__ import annotations
 
-import json
 import time
 
 import pytest
@@ -28,26 +27,16 @@ def _spec(head, name: str, steps: int) -> dict:
                            resources={"workers": 1, "cpus_per_worker": 2})
 
 
-def _submit(head, spec: dict) -> str:
-    path = head.tmp / f"{spec['name']}.yaml"
-    path.write_text(json.dumps(spec))
-    return head.lorafarm_json("submit", str(path))["job_id"]
-
-
-def _status(head, job_id: str) -> dict:
-    return head.lorafarm_json("status", job_id)
-
-
 @pytest.fixture(scope="module")
 def head(serve_cluster):
     return serve_cluster(TENANTS, 3)  # 1 CPU kept for the scheduler: 2 for jobs, one job at a time
 
 
 def test_shortest_estimate_starts_first_and_etas_are_ordered(head):
-    blocker = _submit(head, _spec(head, "blocker", 100000))
-    wait_for(lambda: (_status(head, blocker).get("progress") or {}).get("step", 0) >= 3, 600,
+    blocker = head.submit_spec(_spec(head, "blocker", 100000))
+    wait_for(lambda: (head.status(blocker).get("progress") or {}).get("step", 0) >= 3, 600,
              "the blocker to train a few steps")
-    jobs = {name: _submit(head, _spec(head, name, steps)) for name, steps in (("long", 3000), ("short", 500),
+    jobs = {name: head.submit_spec(_spec(head, name, steps)) for name, steps in (("long", 3000), ("short", 500),
                                                                               ("mid", 1500))}
     # one snapshot: the blocker's remaining time follows its latest step times, so figures from two
     # calls a moment apart differ by the noise of 100,000 steps' worth of estimate
@@ -111,12 +100,12 @@ while time.time() < deadline:
 
 
 def test_a_job_cancelled_while_its_workers_start_frees_them_for_the_next(head):
-    first = _submit(head, _spec(head, "startup-cancelled", 100000))
+    first = head.submit_spec(_spec(head, "startup-cancelled", 100000))
     watch = head.python(CANCEL_WHEN_GROUP_EXISTS.format(job_id=first), timeout=300)
     assert "cancelled while its workers started" in watch.stdout, watch.stderr[-3000:]
-    assert _status(head, first)["state"] == "CANCELLED"
-    second = _submit(head, _spec(head, "after-it", 100000))
-    wait_for(lambda: _status(head, second).get("started_at") is not None, 180, "the next job to start",
+    assert head.status(first)["state"] == "CANCELLED"
+    second = head.submit_spec(_spec(head, "after-it", 100000))
+    wait_for(lambda: head.status(second).get("started_at") is not None, 180, "the next job to start",
              describe=lambda: (head.ray("status", "--address", head.address).stdout[-1500:],
                                head.scheduler_lines()))
     head.lorafarm("cancel", second, check=True)

@@ -50,22 +50,8 @@ def cluster(serve_cluster):
     return serve_cluster(TENANTS, 3)
 
 
-def _submit(head, spec: dict) -> str:
-    path = head.tmp / f"{spec['name']}.yaml"
-    path.write_text(json.dumps(spec))
-    return head.lorafarm_json("submit", str(path))["job_id"]
-
-
-def _status(head, job_id: str) -> dict:
-    return head.lorafarm_json("status", job_id)
-
-
-def _events(head, job_id: str) -> list[dict]:
-    return [json.loads(line) for line in head.lorafarm("events", job_id, "--json", check=True).stdout.splitlines()]
-
-
 def _finished(head, job_id: str, timeout: float = 600) -> dict:
-    return wait_until(lambda: (s := _status(head, job_id))["state"] in TERMINAL and s, timeout, f"{job_id} to end",
+    return wait_until(lambda: (s := head.status(job_id))["state"] in TERMINAL and s, timeout, f"{job_id} to end",
                       interval=1.0)
 
 
@@ -80,10 +66,10 @@ def _max_diff(a, b) -> float:
 
 @pytest.fixture(scope="module")
 def uninterrupted(cluster):
-    job = _submit(cluster, _spec(cluster, "batch", "whole"))
+    job = cluster.submit_spec(_spec(cluster, "batch", "whole"))
     final = _finished(cluster, job)
     assert final["state"] == "SUCCEEDED", final["reason"]
-    kinds = [e["kind"] for e in _events(cluster, job)]
+    kinds = [e["kind"] for e in cluster.events(job)]
     assert "failure" not in kinds and "resumed" not in kinds
     return _adapter(cluster, "batch", job)
 
@@ -100,15 +86,15 @@ def _worker_pids(head) -> list[int]:
 
 
 def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_adapter(cluster, uninterrupted):
-    job = _submit(cluster, _spec(cluster, "batch", "killed"))
-    wait_until(lambda: (_status(cluster, job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
+    job = cluster.submit_spec(_spec(cluster, "batch", "killed"))
+    wait_until(lambda: (cluster.status(job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
     pids = _worker_pids(cluster)
     assert len(pids) == 2
     killed_at = time.time()
     os.kill(pids[-1], signal.SIGKILL)
     final = _finished(cluster, job)
     assert final["state"] == "SUCCEEDED", final["reason"]
-    events = _events(cluster, job)
+    events = cluster.events(job)
     failures = [e for e in events if e["kind"] == "failure"]
     resumed = [e for e in events if e["kind"] == "resumed"]
     assert failures and resumed, [(e["kind"], e["message"]) for e in events]
@@ -118,15 +104,15 @@ def test_a_killed_worker_resumes_from_its_checkpoint_with_the_same_adapter(clust
 
 
 def test_a_higher_class_preempts_a_lower_one_which_resumes_exactly(cluster, uninterrupted):
-    low = _submit(cluster, _spec(cluster, "batch", "preempted"))
-    wait_until(lambda: ((_status(cluster, low).get("progress") or {}).get("step") or 0) >= 3, 480, "low to train")
-    high = _submit(cluster, _spec(cluster, "urgent", "urgent", steps=2))
+    low = cluster.submit_spec(_spec(cluster, "batch", "preempted"))
+    wait_until(lambda: ((cluster.status(low).get("progress") or {}).get("step") or 0) >= 3, 480, "low to train")
+    high = cluster.submit_spec(_spec(cluster, "urgent", "urgent", steps=2))
     high_final = _finished(cluster, high)
     assert high_final["state"] == "SUCCEEDED", high_final["reason"]
     low_final = _finished(cluster, low)
     assert low_final["state"] == "SUCCEEDED", low_final["reason"]
 
-    events = _events(cluster, low)
+    events = cluster.events(low)
     kinds = [e["kind"] for e in events]
     assert kinds.index("preempting") < kinds.index("preempted") < kinds.index("resumed"), kinds
     preempted = next(e for e in events if e["kind"] == "preempted")
@@ -140,8 +126,8 @@ def test_a_higher_class_preempts_a_lower_one_which_resumes_exactly(cluster, unin
 
 def test_a_scheduler_killed_mid_job_recovers_it_with_the_same_adapter(cluster, uninterrupted):
     """Last in this module: it kills the scheduler (and starts it again from the store)."""
-    job = _submit(cluster, _spec(cluster, "batch", "recovered"))
-    wait_until(lambda: (_status(cluster, job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
+    job = cluster.submit_spec(_spec(cluster, "batch", "recovered"))
+    wait_until(lambda: (cluster.status(job).get("last_checkpoint_step") or 0) >= 4, 480, "a checkpoint at step 4")
     kill = cluster.python("import ray\nray.init(log_to_driver=False)\n"
                           "ray.kill(ray.get_actor('scheduler', namespace='lorafarm'), no_restart=True)\n")
     assert kill.returncode == 0, kill.stderr[-2000:]
@@ -150,7 +136,7 @@ def test_a_scheduler_killed_mid_job_recovers_it_with_the_same_adapter(cluster, u
     assert out["created"] is True
     final = _finished(cluster, job)
     assert final["state"] == "SUCCEEDED", final["reason"]
-    events = _events(cluster, job)
+    events = cluster.events(job)
     kinds = [e["kind"] for e in events]
     assert "recovered" in kinds and kinds.count("started") == 2, kinds
     resumed = [e["data"]["step"] for e in events if e["kind"] == "resumed"]

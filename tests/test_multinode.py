@@ -4,7 +4,6 @@ submit refusals, a gang spread over both nodes, fragmentation, and a node killed
 
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -32,17 +31,8 @@ def _job(cluster, name: str, workers: int, cpus: float, steps: int, *extra: str)
     return out["job_id"]
 
 
-def _status(cluster, job_id: str) -> dict:
-    return cluster.lorafarm_json("status", job_id)
-
-
-def _events(cluster, job_id: str) -> list[dict]:
-    proc = cluster.lorafarm("events", job_id, "--json", check=True)
-    return [json.loads(line) for line in proc.stdout.splitlines() if line.strip()]
-
-
 def _ended(cluster, job_id: str, timeout: float = 420) -> dict:
-    return wait_until(lambda: (s := _status(cluster, job_id))["state"] in TERMINAL and s, timeout, f"{job_id} to end")
+    return wait_until(lambda: (s := cluster.status(job_id))["state"] in TERMINAL and s, timeout, f"{job_id} to end")
 
 
 def _adapter(cluster, job_id: str) -> dict[str, torch.Tensor]:
@@ -88,13 +78,13 @@ def test_a_worker_larger_than_every_node_is_refused_at_submit(cluster):
 
 def test_a_two_node_gang_spreads_and_matches_the_one_worker_run(cluster, one_worker):
     job = _job(cluster, "spread", 2, 2, 8)
-    nodes = wait_until(lambda: (s := _status(cluster, job))["nodes"] or (s["state"] in TERMINAL and ["ended"]),
+    nodes = wait_until(lambda: (s := cluster.status(job))["nodes"] or (s["state"] in TERMINAL and ["ended"]),
                        300, "the workers to report their nodes")
     assert len({n["node_id"] for n in nodes}) == 2, nodes  # 2 CPUs per worker: one on each node
     assert {n["rank"] for n in nodes} == {0, 1} and all(n["ip"] for n in nodes)
     status = _ended(cluster, job)
     assert status["state"] == "SUCCEEDED", status
-    placed = [e for e in _events(cluster, job) if e["kind"] == "placed"]
+    placed = [e for e in cluster.events(job) if e["kind"] == "placed"]
     assert placed and len({n["node_id"] for n in placed[-1]["data"]["nodes"]}) == 2
     assert _max_diff(_adapter(cluster, job), one_worker) <= 1e-5  # the 1-vs-2-worker tolerance
 
@@ -103,12 +93,12 @@ def test_fragmented_free_cpus_keep_a_larger_worker_queued_until_a_job_ends(clust
     a = _job(cluster, "frag-a", 1, 1, 400, "--set", "resources.placement=spread")
     b = _job(cluster, "frag-b", 1, 1, 400, "--set", "resources.placement=spread")
     for job in (a, b):
-        wait_until(lambda job=job: _status(cluster, job)["nodes"], 300, f"{job} to run")
-    on = {_status(cluster, j)["nodes"][0]["node_id"] for j in (a, b)}
+        wait_until(lambda job=job: cluster.status(job)["nodes"], 300, f"{job} to run")
+    on = {cluster.status(j)["nodes"][0]["node_id"] for j in (a, b)}
     assert len(on) == 2  # one CPU free on each node, two free in total
     big = _job(cluster, "frag-big", 1, 2, 2)
     for _ in range(6):  # several scheduler ticks: it must not start unplaced
-        assert _status(cluster, big)["state"] == "QUEUED"
+        assert cluster.status(big)["state"] == "QUEUED"
     cluster.lorafarm_json("cancel", a)
     status = _ended(cluster, big)
     assert status["state"] == "SUCCEEDED", status
@@ -116,7 +106,7 @@ def test_fragmented_free_cpus_keep_a_larger_worker_queued_until_a_job_ends(clust
 
 
 def _after_checkpoint(cluster, job: str) -> int:
-    return wait_until(lambda: (s := _status(cluster, job))["state"] == "RUNNING" and s["nodes"]
+    return wait_until(lambda: (s := cluster.status(job))["state"] == "RUNNING" and s["nodes"]
                       and len({n["node_id"] for n in s["nodes"]}) == 2 and (s["last_checkpoint_step"] or 0) >= 2
                       and s["last_checkpoint_step"], 300, f"{job} to checkpoint on both nodes")
 
@@ -127,7 +117,7 @@ def test_node_loss_shrinks_an_elastic_job_and_requeues_a_rigid_one(cluster, one_
     cluster.kill_node()
     status = _ended(cluster, elastic)
     assert status["state"] == "SUCCEEDED", status
-    events = _events(cluster, elastic)
+    events = cluster.events(elastic)
     kinds = [e["kind"] for e in events]
     assert "node_lost" in kinds and "resized" in kinds, kinds
     resized = next(e for e in events if e["kind"] == "resized")
@@ -139,13 +129,13 @@ def test_node_loss_shrinks_an_elastic_job_and_requeues_a_rigid_one(cluster, one_
     rigid = _job(cluster, "rigid", 2, 2, 8)
     step = _after_checkpoint(cluster, rigid)
     cluster.kill_node()
-    wait_until(lambda: _status(cluster, rigid)["state"] == "QUEUED", 120, "the rigid job to return to QUEUED")
-    kinds = [e["kind"] for e in _events(cluster, rigid)]
+    wait_until(lambda: cluster.status(rigid)["state"] == "QUEUED", 120, "the rigid job to return to QUEUED")
+    kinds = [e["kind"] for e in cluster.events(rigid)]
     assert "node_lost" in kinds and "resized" not in kinds, kinds
     cluster.add_node()
     status = _ended(cluster, rigid)
     assert status["state"] == "SUCCEEDED", status
-    events = _events(cluster, rigid)
+    events = cluster.events(rigid)
     assert any(e["kind"] == "resumed" and e["data"]["step"] >= step for e in events), events
     assert _max_diff(_adapter(cluster, rigid), one_worker) <= 1e-5
     # no record lost: every job submitted in this module is still listed
