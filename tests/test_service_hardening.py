@@ -204,10 +204,10 @@ def test_data_ready_is_logged_as_text_not_a_dict(tmp_path):
     warning = "dataset: 2 of 48 examples (4.2%) lose all their labels and are dropped (/d/small.jsonl:1; …)"
     core.report(job, DataReady(stats={  # the fields prepare() really reports, lists and dicts among them
         "examples": 48, "skipped_bad_rows": 0, "bad_row_problems": {}, "all_masked_dropped": 2,
-        "all_masked_rows": masked, "warnings": [warning], "truncated": 48, "tokens": 3000, "label_tokens": 468,
+        "all_masked_rows": masked, "warnings": [warning], "truncated": 48, "tokens": 13_415_904, "label_tokens": 468,
         "rows": 35, "eval_examples": 0, "cache_files": 1}))
     data, warned = core.logs_since(job)[0][-2:]
-    assert data.endswith("data: 48 examples, 2 all_masked_dropped, 48 truncated, 3000 tokens, 468 label_tokens, "
+    assert data.endswith("data: 48 examples, 2 all_masked_dropped, 48 truncated, 13415904 tokens, 468 label_tokens, "
                          "35 rows, 1 cache_files"), data
     assert not any(c in data for c in "{[") and "skipped_bad_rows" not in data
     assert warned.endswith(f"warning: {warning}")

@@ -41,7 +41,7 @@ def data_line(stats: dict) -> str:
     lists of rows or problems behind them (``status``/``events`` carry those)."""
     counts = [(k, v) for k, v in stats.items()
               if isinstance(v, int | float) and not isinstance(v, bool) and (v or k == "examples")]
-    return "data: " + (", ".join(f"{v:g} {k}" for k, v in counts) or "ready")
+    return "data: " + (", ".join(f"{v if isinstance(v, int) else f'{v:g}'} {k}" for k, v in counts) or "ready")
 
 
 def apply_event(event: Event, record: JobRecord, run: LiveRun, metrics: Metrics, log: Callable[[str], None],
