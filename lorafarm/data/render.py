@@ -32,8 +32,11 @@ _SHORTCUTS: weakref.WeakKeyDictionary[Any, dict[tuple, _Shortcut]] = weakref.Wea
 
 def render_chat(messages: list[dict[str, str]], tokenizer, template: str | None) -> str:
     """``tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)``."""
-    per_key = _SHORTCUTS.setdefault(tokenizer, {})
-    key = _key(tokenizer, template)
+    try:
+        per_key = _SHORTCUTS.setdefault(tokenizer, {})
+        key = _key(tokenizer, template)
+    except TypeError:  # a tokenizer that cannot be weakly referenced or hashed: no shortcut
+        return tokenizer.apply_chat_template(messages, tokenize=False, chat_template=template)
     shortcut = per_key.get(key)
     if shortcut is None:
         shortcut = per_key[key] = _Shortcut(_compiled(tokenizer, template))
