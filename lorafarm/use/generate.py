@@ -98,7 +98,9 @@ def render_prompt(prompt: Prompt, fmt: str, tokenizer, system: str | None = None
 
 
 def _tok(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"]) if text else []
+    from ..data.token_ids import token_ids
+
+    return token_ids(text, tokenizer)
 
 
 def generate(session: Session, ids: list[int], max_new_tokens: int, temperature: float = 0.0,
