@@ -119,6 +119,7 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
     done: Done | None = None
     preempted: Preempted | None = None
     error_reason: str | None = None
+    fatal_reason: str | None = None  # the first non-retryable error (any rank's), which ends the job
     history = HistoryWriter(job_uri)
     try:
         while True:
@@ -137,6 +138,8 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
                     history.finish(event.history, event.manifest.get("metrics", {}))
                 case WorkerError():
                     error_reason = event.reason
+                    if not event.retryable and fatal_reason is None:
+                        fatal_reason = event.reason
                 case Preempted():
                     preempted = event
             notify(event)
@@ -150,7 +153,7 @@ def _run_job(spec: JobSpec, store: Store, *, job_id: str, notify: ProgressFn, ma
     if preempted is not None and not fit_error:
         return RunOutcome(RunState.PREEMPTED, step=preempted.step)
     if fit_error or done is None:
-        raise JobFailed(error_reason or _reason(fit_error[0] if fit_error else None)
+        raise JobFailed(fatal_reason or error_reason or _reason(fit_error[0] if fit_error else None)
                         or "training ended without an adapter")
     return RunOutcome(RunState.SUCCEEDED, adapter_uri=adapter_uri, metrics=done.manifest["metrics"],
                       manifest=done.manifest)

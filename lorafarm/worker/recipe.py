@@ -84,8 +84,10 @@ class LoraRecipe:
             self.barrier()
             self.send(Preempted(step=self.preempted_at))
             return None
+        # no barrier after export: no rank has a collective left, and rank 0's verification, reload
+        # check and upload are its own (a rank waiting for them there hung when the ranks' collective
+        # counts differed at the end of a ZeRO-3 run, and would hang whenever rank 0's check fails)
         manifest = self.export()
-        self.barrier()
         if manifest is not None:
             self.send(Done(manifest=manifest, history=tuple(self.history)))
         return manifest
@@ -429,10 +431,13 @@ class LoraRecipe:
 
     # ---------------------------------------------------------------- between ranks and processes
     def send(self, event: Event) -> None:
-        """An event to the job's driver (rank 0 only). Best effort, training goes on — except
+        """An event to the job's driver (rank 0 only, except a :class:`~lorafarm.events.WorkerError`:
+        every rank's own failure is named). Best effort, training goes on — except
         :class:`~lorafarm.events.Done`, whose loss would lose the adapter: that one raises."""
-        if self.rank != 0 or self.cfg.progress is None:
+        if self.cfg.progress is None or (self.rank != 0 and not isinstance(event, WorkerError)):
             return
+        if self.rank != 0:
+            event = WorkerError(reason=f"rank {self.rank}: {event.reason}", retryable=event.retryable)
         try:
             self.cfg.progress.put_nowait(event)
         except Exception:  # noqa: BLE001
