@@ -37,6 +37,8 @@ def export_adapter(
     logits on ``probe``, and publishes them with ``manifest()``; it returns the published
     manifest (other ranks None). A failed check raises :class:`~lorafarm.errors.AdapterError`
     and publishes nothing."""
+    if hasattr(engine, "empty_partition_cache"):  # ZeRO-3: drop parameters training left gathered or in flight
+        engine.empty_partition_cache()
     state = gather_lora_state(engine.module)
     engine.eval()
     with torch.no_grad():
