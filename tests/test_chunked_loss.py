@@ -64,8 +64,21 @@ def reference(model, batch) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
 
 
 def max_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The worst tensor's relative difference."""
     assert a.keys() == b.keys() and a
     return max(((a[k] - b[k]).norm() / b[k].norm().clamp_min(1e-30)).item() for k in a)
+
+
+def global_rel(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> float:
+    """The relative difference of all LoRA gradients taken as one vector."""
+    assert a.keys() == b.keys() and a
+    diff = sum(((a[k].double() - b[k].double()) ** 2).sum() for k in a) ** 0.5
+    return (diff / sum((b[k].double() ** 2).sum() for k in a) ** 0.5).item()
+
+
+def float64_truth(packing: bool) -> dict[str, torch.Tensor]:
+    model = lora_model(torch.float64)
+    return reference(model, collate(random_rows(packing), 0, packing, dtype=torch.float64))[1]
 
 
 @pytest.mark.parametrize("packing", [False, True], ids=["padded", "packed"])
@@ -81,7 +94,15 @@ def test_chunked_loss_and_grads_equal_the_full_logits(packing, chunk):
     assert loss_fn.chunked
     loss = loss_fn(model, batch)
     assert loss.item() == pytest.approx(ref_loss.item(), rel=1e-6)
-    assert max_rel(grads_of(model, loss), ref_grads) < 1e-6
+    grads = grads_of(model, loss)
+    assert global_rel(grads, ref_grads) < 1e-6
+    # Per tensor, fp32 itself is the floor: the full-logits path is ~1.4e-6 from the float64
+    # gradients on the smallest tensors. Chunking must add nothing to that error.
+    truth = float64_truth(packing)
+    for k in grads:
+        chunked_err = ((grads[k].double() - truth[k]).norm() / truth[k].norm()).item()
+        full_err = ((ref_grads[k].double() - truth[k]).norm() / truth[k].norm()).item()
+        assert chunked_err <= 1.25 * full_err + 1e-7, (k, chunked_err, full_err)
 
 
 def test_chunked_loss_is_exact_in_float64():
