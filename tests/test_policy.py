@@ -202,6 +202,70 @@ def test_backfill_on_nodes_the_head_can_never_use():
     assert d.placements["small"] == (("n2", 1),)
 
 
+def running_for(job_id, gpus, started, est, tenant="r"):
+    return RunningJob(job_id, tenant, 1, 1.0, gpus, "normal", 0.0, started, est)
+
+
+def test_a_job_that_ends_before_the_head_can_start_runs_in_its_reservation():
+    """EASY backfill: the head (6 GPUs, 4 free) fits when the running job ends at t=100 (its
+    estimate); a job expected to end by then may use the reserved GPUs, one that ends later or
+    has no estimate may not, and without estimates for the running jobs nothing passes."""
+    quota_free = load_tenants("tenants: {default: {weight: 1}}")
+    blocker = running_for("blocker", 4, started=0.0, est=100.0)
+    head = job("head", "x", gpus=6, at=0, priority="high")  # first in line whatever the estimates
+    short = job("short", "x", gpus=2, at=1, est=50.0)  # now 10 + 50 <= 100
+    long_ = job("long", "x", gpus=2, at=2, est=95.0)  # 10 + 95 > 100
+    unknown = job("unknown", "x", gpus=2, at=3)
+    cluster = pool(8, free_gpus=4)
+    d = decide([head, short, long_, unknown], [blocker], cluster, quota_free, 10.0)
+    assert d.reserved_for == "head" and d.start == ("short",)
+    no_estimate = running_for("blocker", 4, started=0.0, est=None)
+    assert decide([head, short], [no_estimate], cluster, quota_free, 10.0).start == ()
+    # two short jobs of 2 GPUs each both fit by t=100; a third (no GPUs left) does not
+    d = decide([head, short, job("short2", "x", gpus=2, at=4, est=80.0), job("short3", "x", gpus=2, at=5, est=10.0)],
+               [blocker], cluster, quota_free, 10.0)
+    assert set(d.start) == {"short", "short2"} or set(d.start) == {"short", "short3"}
+    assert len(d.start) == 2
+
+
+def test_the_shadow_counts_jobs_started_in_the_same_decision():
+    """A job that starts in this decision holds its GPUs until its own estimated end: the head
+    can only start after it too, so the shadow moves out and a longer job may then backfill."""
+    quota_free = load_tenants("tenants: {default: {weight: 1}}")
+    first = job("first", "x", gpus=4, at=0, est=500.0, priority="high")  # fits now, ends at 510
+    head = job("head", "x", gpus=8, at=1, priority="high")  # needs all 8: after "first" ends
+    mid = job("mid", "x", gpus=2, at=2, est=300.0)  # ends at 310 <= 510, in the reservation
+    d = decide([first, head, mid], [running_for("other", 2, started=0.0, est=50.0)], pool(8, free_gpus=6),
+               quota_free, 10.0)
+    assert d.reserved_for == "head" and d.start == ("first", "mid")
+
+
+def test_the_head_is_not_delayed_when_estimates_hold():
+    """Replay with exact durations: a small head blocked by one long job starts when it ends,
+    whatever short jobs backfilled in front of it."""
+    quota_free = load_tenants("tenants: {default: {weight: 1}}")
+    blocker = running_for("blocker", 6, started=0.0, est=100.0)
+    head = job("head", "x", gpus=4, at=0, priority="high")
+    shorts = [job(f"s{i}", "x", gpus=1, at=1 + i, est=30.0) for i in range(4)]
+    running, queued, now = [blocker], [head, *shorts], 0.0
+    ends = {"blocker": 100.0}
+    started_head = None
+    while started_head is None and now <= 200:
+        free = 8 - sum(r.gpus_per_worker for r in running)
+        d = decide(queued, running, pool(8, free_gpus=free), quota_free, now)
+        for job_id in d.start:
+            j = next(q for q in queued if q.job_id == job_id)
+            queued.remove(j)
+            if job_id == "head":
+                started_head = now
+            running.append(RunningJob(job_id, "x", 1, 1.0, j.gpus_per_worker, "normal", j.submitted_at, now,
+                                      j.estimated_duration))
+            ends[job_id] = now + (j.estimated_duration or 1e9)
+        now = min(e for e in ends.values() if e > now)  # next end
+        running = [r for r in running if ends[r.job_id] > now]
+    assert started_head == 100.0
+
+
 def test_without_backfill_nothing_passes_the_head():
     no_backfill = load_tenants("policy: {backfill: false}\ntenants: {default: {weight: 1}}")
     queued = [job("head", "x", gpus=6, at=0), job("cpu-only", "x", gpus=0, at=1)]

@@ -103,7 +103,7 @@ def test_the_index_decides_exactly_as_decide_call_after_call(config, seed):
             j = queued.pop(job_id)
             index.remove(job_id)
             running.append(RunningJob(j.job_id, j.tenant, j.workers, j.cpus_per_worker, j.gpus_per_worker,
-                                      j.priority, j.submitted_at, now))
+                                      j.priority, j.submitted_at, now, j.estimated_duration))
         # time moves: small steps, whole hours (aging) and exactly onto boundaries (lift, aging)
         step = rng.choice([0.0, 1.0, 61.0, HOUR, 2.5 * HOUR])
         if queued and rng.random() < 0.3:

@@ -22,7 +22,12 @@ Order of service, for every call:
 
 A job starts only as a whole gang and only within its tenant's quota. The first job that would
 be next but does not fit (the *head*) gets a reservation: everything it could use is withheld,
-and later jobs may only backfill into what is left, so they can never delay it. Aging makes
+and later jobs may backfill into what is left, so they can never delay it. With estimates
+(EASY backfill), the head's *shadow time* is when it is expected to fit, running jobs giving
+their resources back at their estimated ends; a later job whose estimated run, stretched by
+``SHADOW_MARGIN``, ends by then may also use the reserved resources, as they are free again
+before the head needs them. A running job without an estimate never gives back, so without
+estimates nothing uses the reservation. Aging makes
 every job the head eventually, and the head starts as soon as enough is free: nothing starves.
 With ``policy.preemption`` on, a blocked head may stop running jobs of strictly lower class
 (lowest class first, newest first, as few as needed).
@@ -43,6 +48,8 @@ from .quota import Usage, usage_by_tenant, within_quota
 from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
 
 HOUR = 3600.0
+SHADOW_SCAN = 256  # queued jobs examined for the head's reservation once nothing else fits
+SHADOW_MARGIN = 1.25  # a backfilled job must end by the shadow even if it runs this much longer than estimated
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,7 +177,7 @@ def decide(
         shapes.add(job_shape(job))
     for q in queues.values():
         heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
-    return serve(queues, shapes, running, cluster, tenants)
+    return serve(queues, shapes, running, cluster, tenants, now=now)
 
 
 def serve(
@@ -181,6 +188,7 @@ def serve(
     tenants: TenantsConfig,
     popped: list | None = None,
     clean=None,
+    now: float | None = None,
 ) -> Decision:
     """The order of service over per-tenant heaps (best first): weighted DRF between tenants of
     a band, whole gangs within quota, a reservation for the head, backfill behind it. Pops only
@@ -207,17 +215,23 @@ def serve(
     heapq.heapify(heap)
 
     pool = Pool(cluster)
+    free = Pool(cluster)  # what is really free: the head's reservation included (shadow backfill)
+    started: list[tuple[float, JobRequest, Placement]] = []
     start: list[str] = []
     placements: dict[str, Placement] = {}
     never_fits: dict[str, str] = {}
     head: JobRequest | None = None
+    shadow = -math.inf  # when the head is expected to fit: jobs ending before may use its reservation
     considered = 0
+    extra = 0
     while heap:
-        if pool.cpus <= EPS and pool.gpus <= EPS and (head is not None or not tenants.policy.preemption):
+        if free.cpus <= EPS and free.gpus <= EPS and (head is not None or not tenants.policy.preemption):
             break  # nothing left to give (every worker needs some CPU or GPU); with preemption on, find the head
         if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus
                                  or len(pool.failed) >= n_shapes):
-            break  # after the head's reservation no queued job can fit any more: done
+            if now is None or shadow <= now or shadow == math.inf or extra >= SHADOW_SCAN:
+                break  # after the head's reservation no queued job can fit any more: done
+            extra += 1
         _, name = heapq.heappop(heap)
         q = queues[name]
         entry = heapq.heappop(q.jobs)
@@ -230,8 +244,19 @@ def serve(
             u = usage[name] = Usage()
         if within_quota(job, u, tenants):
             placement = pool.place_job(job)
+            short = False
+            if placement is None and head is not None and job.estimated_duration is not None \
+                    and now + SHADOW_MARGIN * job.estimated_duration <= shadow < math.inf:
+                placement = free.place_job(job)  # it ends before the head can start: its reservation is free till then
+                short = True
             if placement is not None:
-                pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
+                free.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
+                if short:
+                    pool.clip(free)
+                else:
+                    pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
+                started.append((now + job.estimated_duration if now is not None and job.estimated_duration
+                                is not None else math.inf, job, placement))
                 u.add(job)
                 start.append(job.job_id)
                 if placement:
@@ -245,6 +270,8 @@ def serve(
                     if not tenants.policy.backfill:
                         break
                     pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker, job.accelerator_type)
+                    if now is not None:
+                        shadow = shadow_time(job, running, started, free, now)
         if clean is not None:
             clean(q)
         if q.jobs:
@@ -258,6 +285,25 @@ def serve(
         preempt_for=head.job_id if preempt else None, reserved_for=head.job_id if head else None,
         never_fits=never_fits, considered=considered,
     )
+
+
+def shadow_time(head: JobRequest, running: Sequence[RunningJob],
+                started: Sequence[tuple[float, JobRequest, Placement]], free: Pool, now: float) -> float:
+    """When ``head`` is expected to fit: running jobs (and those just started) give their
+    resources back at their estimated ends, earliest first; inf when some needed job has no
+    estimate. A job that ends before then may run in the head's reservation (EASY backfill)."""
+    ends = [(max(now, r.started_at + r.estimated_duration), r.workers, r.cpus_per_worker, r.gpus_per_worker, r.placement)
+            for r in running if r.estimated_duration is not None]
+    ends += [(end, j.workers, j.cpus_per_worker, j.gpus_per_worker, p) for end, j, p in started]
+    ends.sort(key=lambda e: e[0])
+    trial = free.copy()
+    for end, workers, cpus, gpus, placement in ends:
+        if end == math.inf:
+            break
+        trial.take(workers, cpus, gpus, placement, sign=-1.0)
+        if trial.place_job(head) is not None:
+            return end
+    return math.inf
 
 
 def choose_victims(

@@ -103,6 +103,20 @@ class Pool:
                 self.node_cpus[i] -= sign * n * cpus
                 self.node_gpus[i] -= sign * n * gpus
 
+    def copy(self) -> Pool:
+        other = Pool.__new__(Pool)
+        for name in ("cpus", "gpus", "names", "index", "cap_cpus", "cap_gpus", "accel"):
+            setattr(other, name, getattr(self, name))
+        other.node_cpus, other.node_gpus = list(self.node_cpus), list(self.node_gpus)
+        other.failed = set()
+        return other
+
+    def clip(self, free: Pool) -> None:
+        """Never more than ``free`` holds (this pool is ``free`` less a reservation)."""
+        self.cpus, self.gpus = min(self.cpus, free.cpus), min(self.gpus, free.gpus)
+        self.node_cpus = [min(a, b) for a, b in zip(self.node_cpus, free.node_cpus, strict=True)]
+        self.node_gpus = [min(a, b) for a, b in zip(self.node_gpus, free.node_gpus, strict=True)]
+
     def reserve(self, workers: int, cpus: float, gpus: float, accelerator: str | None = None) -> None:
         """Hold back, on every node, what a blocked gang could ever use there.
 

@@ -120,7 +120,7 @@ class QueueIndex:
         popped: list[tuple] = []
         queues = {name: q for name, q in self._queues.items() if q.jobs}
         try:
-            return serve(queues, self._shapes, running, cluster, self.tenants, popped, self._clean)
+            return serve(queues, self._shapes, running, cluster, self.tenants, popped, self._clean, now=now)
         finally:
             for entry in popped:  # the queue is unchanged until the caller removes what started
                 heapq.heappush(self._queues[entry[6].tenant].jobs, entry)

@@ -133,11 +133,13 @@ class JobRecord(BaseModel):
                           spread=r.get("placement") == "spread", accelerator_type=r.get("accelerator_type"))
 
     def running(self, now: float) -> RunningJob:
-        """The job as the policy sees it while it holds resources (its current size and nodes)."""
+        """The job as the policy sees it while it holds resources (its current size and nodes,
+        and the duration estimated when it started, so the policy knows when it should end)."""
         return RunningJob(job_id=self.job_id, tenant=self.tenant, workers=self.run_workers or self.workers,
                           cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
                           priority=self.priority, submitted_at=self.submitted_at,
                           started_at=self.started_at or now, placement=tuple((n, k) for n, k in self.placement),
+                          estimated_duration=(self.estimate or {}).get("at_start_s"),
                           accelerator_type=(self.spec.get("resources") or {}).get("accelerator_type"))
 
     def summary(self) -> dict[str, Any]:
