@@ -62,5 +62,6 @@ def encode(example: dict[str, Any], spec: DatasetSpec | str, tokenizer, seq_len:
 def _finish(ids: list[int], targets: list[bool], seq_len: int) -> Encoded:
     truncated = len(ids) > seq_len
     ids, targets = ids[:seq_len], targets[:seq_len]
-    labels = [ids[t + 1] if targets[t + 1] else IGNORE for t in range(len(ids) - 1)] + [IGNORE]
+    labels = [i if trained else IGNORE for i, trained in zip(ids[1:], targets[1:], strict=True)]
+    labels.append(IGNORE)
     return Encoded(ids, labels, truncated)
