@@ -30,6 +30,7 @@ from typing import Any
 from ..errors import DataError
 from .render import render_chat
 from .token_ids import token_ids
+from .tokenizer_facts import TokenizerFacts, facts
 
 BUILTIN_TEMPLATE = (  # newlines as expressions: transformers renders templates with trim_blocks
     "{% if bos_token %}{{ bos_token }}{% endif %}"
@@ -43,10 +44,11 @@ _MARK = "\u27eblorafarm-reply-{}\u27ea"  # ⟫…⟪: never part of a template's
 def encode_chat(messages: list[dict[str, str]], tokenizer, where: str) -> tuple[list[int], list[bool]]:
     """(ids, targets) of one conversation; ``where`` names the row in a :class:`DataError`."""
     full, segments = chat_segments(messages, tokenizer, where)
+    known = facts(tokenizer)
     ids: list[int] = []
     targets: list[bool] = []
     for k, (start, end, trained) in enumerate(segments):
-        toks = _tokenize(full[start:end], tokenizer, continued=k > 0 and not trained)
+        toks = _tokenize(full[start:end], tokenizer, continued=k > 0 and not trained, known=known)
         ids += toks
         targets += [trained] * len(toks)
     return ids, targets
@@ -154,22 +156,23 @@ def _end_of_turn(full: str, end: int, glue_end: int, specials: list[str]) -> int
     return end + marker.end() if marker else end
 
 
-def _special_tokens(tokenizer) -> list[str]:
+def _special_tokens(tokenizer) -> tuple[str, ...]:
     """Special token texts, longest first (so ``</s>`` never shadows a longer one)."""
-    found = set(tokenizer.all_special_tokens)
-    found.update(t.content for t in tokenizer.added_tokens_decoder.values() if t.special)
-    return sorted((t for t in found if t), key=len, reverse=True)
+    return facts(tokenizer).specials
 
 
-def _tokenize(text: str, tokenizer, *, continued: bool) -> list[int]:
+def _tokenize(text: str, tokenizer, *, continued: bool, known: TokenizerFacts | None = None) -> list[int]:
     """Token ids of ``text``. ``continued``: as it tokenizes in the middle of a chat, i.e. after a
-    special token, so a SentencePiece tokenizer adds no dummy-prefix ``▁`` (it does at a start)."""
+    special token, so a SentencePiece tokenizer adds no dummy-prefix ``▁`` (it does at a start).
+    ``known``: the tokenizer's facts, when the caller has them."""
     if not text:
         return []
-    anchor: Any = tokenizer.eos_token if continued else None
+    if continued:
+        known = known or facts(tokenizer)
+    anchor: Any = known.eos_token if continued else None
     if not anchor:
         return token_ids(text, tokenizer)
     ids = token_ids(anchor + text, tokenizer)
-    if ids[:1] != [tokenizer.eos_token_id]:
+    if ids[:1] != [known.eos_token_id]:
         return token_ids(text, tokenizer)
     return ids[1:]

@@ -20,6 +20,7 @@ from typing import Any
 from ..spec import DatasetSpec
 from .chat import encode_chat
 from .token_ids import token_ids
+from .tokenizer_facts import facts
 
 IGNORE = -100
 FORMAT_VERSION = 3  # bump when encode() gives other rows for the same input: it keys the tokenization cache
@@ -54,7 +55,7 @@ def encode(example: dict[str, Any], spec: DatasetSpec | str, tokenizer, seq_len:
         toks = token_ids(text, tokenizer)
         ids.extend(toks)
         targets.extend([trained] * len(toks))
-    ids.append(tokenizer.eos_token_id)
+    ids.append(facts(tokenizer).eos_token_id)
     targets.append(True)
     return _finish(ids, targets, seq_len)
 
