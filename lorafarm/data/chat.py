@@ -48,7 +48,7 @@ def encode_chat(messages: list[dict[str, str]], tokenizer, where: str) -> tuple[
     ids: list[int] = []
     targets: list[bool] = []
     for k, (start, end, trained) in enumerate(segments):
-        toks = _tokenize(full[start:end], tokenizer, continued=k > 0 and not trained, known=known)
+        toks = _tokenize(full[start:end], tokenizer, known, continued=k > 0 and not trained)
         ids += toks
         targets += [trained] * len(toks)
     return ids, targets
@@ -57,7 +57,7 @@ def encode_chat(messages: list[dict[str, str]], tokenizer, where: str) -> tuple[
 def chat_segments(messages: list[dict[str, str]], tokenizer, where: str) -> tuple[str, list[tuple[int, int, bool]]]:
     """The full render and its (start, end, trained) character segments, covering it in order."""
     full, replies = _locate_replies(messages, tokenizer, where)
-    specials = _special_tokens(tokenizer)
+    specials = facts(tokenizer).specials  # longest first, so ``</s>`` never shadows a longer one
     segments: list[tuple[int, int, bool]] = []
     done = 0
     for start, end, glue_end in replies:
@@ -141,7 +141,7 @@ def _unlocated(where: str, i: int) -> DataError:
                      "trained tokens cannot be located — use a template that renders assistant content as written")
 
 
-def _end_of_turn(full: str, end: int, glue_end: int, specials: list[str]) -> int:
+def _end_of_turn(full: str, end: int, glue_end: int, specials: tuple[str, ...]) -> int:
     """Where the trained segment ends: after the special token that closes the reply (after at
     most whitespace); else after a closing marker the tokenizer does not know as a token (e.g.
     ``<|im_end|>`` on a byte-level vocabulary) that the template writes right after the reply and
@@ -156,19 +156,12 @@ def _end_of_turn(full: str, end: int, glue_end: int, specials: list[str]) -> int
     return end + marker.end() if marker else end
 
 
-def _special_tokens(tokenizer) -> tuple[str, ...]:
-    """Special token texts, longest first (so ``</s>`` never shadows a longer one)."""
-    return facts(tokenizer).specials
-
-
-def _tokenize(text: str, tokenizer, *, continued: bool, known: TokenizerFacts | None = None) -> list[int]:
-    """Token ids of ``text``. ``continued``: as it tokenizes in the middle of a chat, i.e. after a
-    special token, so a SentencePiece tokenizer adds no dummy-prefix ``▁`` (it does at a start).
-    ``known``: the tokenizer's facts, when the caller has them."""
+def _tokenize(text: str, tokenizer, known: TokenizerFacts, *, continued: bool) -> list[int]:
+    """Token ids of ``text`` (``known``: the tokenizer's facts). ``continued``: as it tokenizes in
+    the middle of a chat, i.e. after a special token, so a SentencePiece tokenizer adds no
+    dummy-prefix ``▁`` (it does at a start)."""
     if not text:
         return []
-    if continued:
-        known = known or facts(tokenizer)
     anchor: Any = known.eos_token if continued else None
     if not anchor:
         return token_ids(text, tokenizer)

@@ -16,7 +16,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from .tokenizer_facts import facts
+from .tokenizer_facts import fingerprint
 
 CHECKS = 3  # renders per tokenizer and template compared with apply_chat_template before trusting the shortcut
 
@@ -66,9 +66,7 @@ def shortcut_trusted(tokenizer, template: str | None = None) -> bool:
 def _key(tokenizer, template: str | None) -> tuple:
     """What the shortcut's variables come from: a tokenizer whose template or special tokens
     change (tests re-template one tokenizer) gets a new shortcut, checked again."""
-    known = facts(tokenizer)
-    return (template or getattr(tokenizer, "chat_template", None), len(tokenizer), known.bos_token,
-            known.eos_token, known.pad_token, known.unk_token)
+    return (template, fingerprint(tokenizer))  # its size, chat template and special tokens
 
 
 def _compiled(tokenizer, template: str | None) -> Callable[[list[dict[str, str]]], str] | None:

@@ -188,7 +188,8 @@ def serve(
     tenants: TenantsConfig,
     popped: list | None = None,
     clean=None,
-    now: float | None = None,
+    *,
+    now: float,
 ) -> Decision:
     """The order of service over per-tenant heaps (best first): weighted DRF between tenants of
     a band, whole gangs within quota, a reservation for the head, backfill behind it. Pops only
@@ -229,7 +230,7 @@ def serve(
             break  # nothing left to give (every worker needs some CPU or GPU); with preemption on, find the head
         if head is not None and (pool.gpus + EPS < min_gpus or pool.cpus + EPS < min_cpus
                                  or len(pool.failed) >= n_shapes):
-            if now is None or shadow <= now or shadow == math.inf or extra >= SHADOW_SCAN:
+            if shadow <= now or shadow == math.inf or extra >= SHADOW_SCAN:
                 break  # after the head's reservation no queued job can fit any more: done
             extra += 1
         _, name = heapq.heappop(heap)
@@ -255,8 +256,8 @@ def serve(
                     pool.clip(free)
                 else:
                     pool.take(job.workers, job.cpus_per_worker, job.gpus_per_worker, placement)
-                started.append((now + job.estimated_duration if now is not None and job.estimated_duration
-                                is not None else math.inf, job, placement))
+                started.append((math.inf if job.estimated_duration is None else now + job.estimated_duration,
+                                job, placement))
                 u.add(job)
                 start.append(job.job_id)
                 if placement:
@@ -270,8 +271,7 @@ def serve(
                     if not tenants.policy.backfill:
                         break
                     pool.reserve(job.workers, job.cpus_per_worker, job.gpus_per_worker, job.accelerator_type)
-                    if now is not None:
-                        shadow = shadow_time(job, running, started, free, now)
+                    shadow = shadow_time(job, running, started, free, now)
         if clean is not None:
             clean(q)
         if q.jobs:
@@ -290,8 +290,9 @@ def serve(
 def shadow_time(head: JobRequest, running: Sequence[RunningJob],
                 started: Sequence[tuple[float, JobRequest, Placement]], free: Pool, now: float) -> float:
     """When ``head`` is expected to fit: running jobs (and those just started) give their
-    resources back at their estimated ends, earliest first; inf when some needed job has no
-    estimate. A job that ends before then may run in the head's reservation (EASY backfill)."""
+    resources back at their estimated ends, earliest first (a job without an estimate never
+    does); inf when the head does not fit even then. A job that ends before then may run in
+    the head's reservation (EASY backfill)."""
     ends = [(max(now, r.started_at + r.estimated_duration), r.workers, r.cpus_per_worker, r.gpus_per_worker, r.placement)
             for r in running if r.estimated_duration is not None]
     ends += [(end, j.workers, j.cpus_per_worker, j.gpus_per_worker, p) for end, j, p in started]
