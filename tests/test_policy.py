@@ -247,7 +247,8 @@ def test_the_head_is_not_delayed_when_estimates_hold():
     blocker = running_for("blocker", 6, started=0.0, est=100.0)
     head = job("head", "x", gpus=4, at=0, priority="high")
     shorts = [job(f"s{i}", "x", gpus=1, at=1 + i, est=30.0) for i in range(4)]
-    running, queued, now = [blocker], [head, *shorts], 0.0
+    late = job("late", "x", gpus=2, at=10, est=80.0)  # would end after t=100 wherever it started: must wait
+    running, queued, now = [blocker], [head, *shorts, late], 0.0
     ends = {"blocker": 100.0}
     started_head = None
     while started_head is None and now <= 200:
@@ -264,6 +265,7 @@ def test_the_head_is_not_delayed_when_estimates_hold():
         now = min(e for e in ends.values() if e > now)  # next end
         running = [r for r in running if ends[r.job_id] > now]
     assert started_head == 100.0
+    assert ends.get("late", 1e9) - 80.0 >= 100.0  # not started, or not before the head
 
 
 def test_without_backfill_nothing_passes_the_head():
