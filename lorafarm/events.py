@@ -50,6 +50,7 @@ class GroupStarted:
     world_size: int
     placement_group: str | None = None  # hex id, so the scheduler can remove it itself
     nodes: tuple[tuple[str, str], ...] = ()  # per rank: (Ray node id, node IP), so status shows where it runs
+    pack_members: int | None = None  # co-trained: how many jobs share the gang (never which)
 
 
 @dataclass(frozen=True, slots=True)

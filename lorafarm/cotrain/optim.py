@@ -10,6 +10,10 @@ summed over the data-parallel ranks (one all-reduce for all groups); under ZeRO 
 holds the whole reduced gradient and the local norm is the norm. The coefficient is
 ``max_norm / (norm + 1e-6)`` when below 1, as ``torch.nn.utils.clip_grad_norm_`` and
 DeepSpeed's own clipping compute it.
+
+A group whose ``active`` is False is left out of the update: weights, moments and Adam's step
+count untouched, as if that member took no step — a member that has left the pack, or skips a
+step after a non-finite loss (``training.on_nonfinite_loss: skip``), exactly as it would alone.
 """
 
 from __future__ import annotations
@@ -24,7 +28,15 @@ def member_optimizer(groups: list[dict], partitioned: bool, betas=(0.9, 0.999), 
     class MemberAdamW(torch.optim.AdamW):
         def step(self, closure=None):
             self.clip_per_member()
-            return super().step(closure)
+            groups = self.param_groups
+            active = [g for g in groups if g.get("active", True)]
+            if len(active) == len(groups):
+                return super().step(closure)
+            self.param_groups = active  # torch's AdamW updates the groups it iterates, nothing else
+            try:
+                return super().step(closure)
+            finally:
+                self.param_groups = groups
 
         def clip_per_member(self) -> list[float]:
             """Clip each group by its ``max_grad_norm``; returns the groups' norms before clipping."""

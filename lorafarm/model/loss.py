@@ -44,12 +44,14 @@ PLAIN_HEAD_MODELS = frozenset({"llama", "mistral", "mixtral", "qwen2", "qwen2_mo
                                "olmo", "olmo2", "gemma", "starcoder2"})
 
 
-def full_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+def full_token_loss_sum(logits: torch.Tensor, labels: torch.Tensor, per_row: bool = False) -> torch.Tensor:
     """The reference: sum of per-token cross-entropy over all label tokens from full logits
-    (labels are pre-shifted: ``labels[i]`` is the token after ``input_ids[i]``)."""
+    (labels are pre-shifted: ``labels[i]`` is the token after ``input_ids[i]``); ``per_row``:
+    one sum per batch row (a co-training pack weights each member's rows by its own batch)."""
     logits = logits.float()
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                           reduction="sum")
+    flat = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction="none" if per_row else "sum")
+    return flat.reshape(labels.shape).sum(1) if per_row else flat
 
 
 def chunk_tokens_for(vocab_size: int) -> int:
@@ -62,25 +64,33 @@ def chunk_tokens_for(vocab_size: int) -> int:
 
 
 def chunked_token_loss_sum(hidden: torch.Tensor, labels: torch.Tensor, head: torch.nn.Module,
-                           chunk_tokens: int) -> torch.Tensor:
+                           chunk_tokens: int, per_row: bool = False) -> torch.Tensor:
     """Sum of per-token cross-entropy over label tokens of ``head(hidden)``, ``chunk_tokens``
-    label positions at a time; never more than one chunk's logits alive."""
+    label positions at a time; never more than one chunk's logits alive. ``per_row``: one sum
+    per batch row."""
     flat = hidden.reshape(-1, hidden.shape[-1])
     y = labels.reshape(-1).to(flat.device)
     keep = torch.nonzero(y != IGNORE).squeeze(1)  # one host sync on an accelerator, per micro batch
     h, y = flat.index_select(0, keep), y.index_select(0, keep)
+    row = keep // labels.shape[-1] if per_row else None
     n = h.shape[0]
     if n <= chunk_tokens:  # one chunk: nothing to free early, so no recompute either
-        return _head_ce_sum(h, y, head)
+        return _head_ce(h, y, head, row, labels.shape[0])
     total = None
     for s in range(0, n, chunk_tokens):
-        part = checkpoint(_head_ce_sum, h[s:s + chunk_tokens], y[s:s + chunk_tokens], head, use_reentrant=False)
+        part = checkpoint(_head_ce, h[s:s + chunk_tokens], y[s:s + chunk_tokens], head,
+                          None if row is None else row[s:s + chunk_tokens], labels.shape[0], use_reentrant=False)
         total = part if total is None else total + part
     return total
 
 
-def _head_ce_sum(h: torch.Tensor, y: torch.Tensor, head: torch.nn.Module) -> torch.Tensor:
-    return F.cross_entropy(head(h).float(), y, reduction="sum")
+def _head_ce(h: torch.Tensor, y: torch.Tensor, head: torch.nn.Module, row: torch.Tensor | None,
+             rows: int) -> torch.Tensor:
+    """The chunk's summed cross-entropy, or (``row``: each token's batch row) one sum per row."""
+    if row is None:
+        return F.cross_entropy(head(h).float(), y, reduction="sum")
+    ce = F.cross_entropy(head(h).float(), y, reduction="none")
+    return torch.zeros(rows, dtype=ce.dtype, device=ce.device).index_add(0, row, ce)
 
 
 def _causal_lm(model):
@@ -108,16 +118,19 @@ class TokenLoss:
         self.chunked = bool(self.chunk_tokens > 0 and plain and takes_keep and body is not None
                             and self.head is not None)
         self._labels: torch.Tensor | None = None
+        self._per_row = False
         self._hidden: torch.Tensor | None = None
         if self.chunked:
             body.register_forward_hook(self._grab_hidden)
             model.register_forward_hook(self._attach_loss)
 
-    def __call__(self, forward, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+    def __call__(self, forward, inputs: dict[str, torch.Tensor], per_row: bool = False) -> torch.Tensor:
+        """The micro batch's summed token cross-entropy; ``per_row``: one sum per row."""
         kwargs = {k: inputs[k] for k in ("input_ids", "attention_mask", "position_ids") if k in inputs}
         if not self.chunked:
-            return full_token_loss_sum(forward(**kwargs, use_cache=False).logits, inputs["labels"])
+            return full_token_loss_sum(forward(**kwargs, use_cache=False).logits, inputs["labels"], per_row)
         self._labels = inputs["labels"]
+        self._per_row = per_row
         try:
             out = forward(**kwargs, use_cache=False,
                           logits_to_keep=torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device))
@@ -135,5 +148,6 @@ class TokenLoss:
         if self._hidden is None:
             raise RuntimeError("chunked loss: the model body's hidden states were not seen — set "
                                f"{ENV_CHUNK_TOKENS}=0 to use the full-logits loss")
-        output["loss"] = chunked_token_loss_sum(self._hidden, self._labels, self.head, self.chunk_tokens)
+        output["loss"] = chunked_token_loss_sum(self._hidden, self._labels, self.head, self.chunk_tokens,
+                                                self._per_row)
         return output

@@ -116,7 +116,8 @@ RESUME_FREE_FIELDS = {
     "priority": None,
     "resources": None,
     "zero": ("stage", "gradient_checkpointing"),
-    "training": ("checkpoint_every_steps", "keep_last", "max_failures", "eval_every_steps", "micro_batch_size"),
+    "training": ("checkpoint_every_steps", "keep_last", "max_failures", "eval_every_steps", "micro_batch_size",
+                 "co_train"),
 }
 
 
@@ -148,8 +149,8 @@ def resume_differences(old_spec: dict[str, Any], new_spec: JobSpec) -> list[str]
             for path in list(new) + [p for p in old if p not in new] if old.get(path) != new.get(path)]
 
 
-RESUME_FREE = ("resources, priority, zero.stage, zero.gradient_checkpointing, training.micro_batch_size and the "
-               "checkpoint/eval settings")
+RESUME_FREE = ("resources, priority, zero.stage, zero.gradient_checkpointing, training.micro_batch_size, "
+               "training.co_train and the checkpoint/eval settings")
 
 
 def resume_refusal(old_spec: dict[str, Any] | None, new_spec: JobSpec) -> str:

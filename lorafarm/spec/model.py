@@ -115,6 +115,11 @@ class TrainingSpec(_Section):
         "stop", description="A NaN/inf loss: stop the job with the step named (nothing is published), or skip "
         "that step's update and go on.",
     )
+    co_train: Literal["auto", "never"] = Field(
+        "auto", description="auto: the scheduler may train this job in a pack with compatible jobs of tenants "
+        "that allow co-training (one shared frozen base; the adapter is the one it would get alone); never: "
+        "always alone.",
+    )
 
 
 class ZeroSpec(_Section):
