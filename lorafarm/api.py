@@ -40,6 +40,22 @@ def run_job(spec: JobSpec, store: Store, job_id: str, on_event: Callable[[Event]
     return launch(spec, store, job_id=job_id, on_progress=on_event)
 
 
+def pack_problems(specs: list[JobSpec]) -> list[str]:
+    """Why ``specs`` cannot train as one pack (every reason, naming the field), [] when they can."""
+    from .cotrain.compat import pack_problems as problems
+
+    return problems(specs)
+
+
+def run_pack(specs: list[JobSpec], store: Store, job_ids: list[str],
+             on_event: Callable[[str, Event], None]) -> dict[str, RunOutcome | JobFailed]:
+    """Train ``specs`` as one pack on the current Ray cluster: each member's outcome (or its
+    :class:`JobFailed`), by job id; each publishes the adapter it would get alone."""
+    from .cotrain.launch import run_pack as launch
+
+    return launch(specs, store, job_ids=job_ids, on_progress=on_event)
+
+
 def run_summary(job_id: str, tenant: str, ended: RunOutcome | JobFailed) -> dict[str, Any]:
     """``lorafarm run --json``'s object: job_id, tenant, state, adapter_uri, metrics, reason."""
     if isinstance(ended, JobFailed):

@@ -136,7 +136,7 @@ def test_every_command_is_registered_with_a_handler():
     from lorafarm.cli import main as cli_main
 
     found = _leaves(cli_main.build_parser())
-    assert {"run", "validate", "schema", "pull", "merge", "export", "serve", "submit", "status", "list", "cancel",
+    assert {"run", "co-train", "validate", "schema", "pull", "merge", "export", "serve", "submit", "status", "list", "cancel",
             "events", "logs", "tenants", "try", "eval", "simulate", "plot", "top"} == set(found)
     for name, parser in found.items():
         assert callable(parser.get_default("handler")), f"{name} has no handler"

@@ -28,6 +28,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_access_args(p)
     p.set_defaults(handler=run)
 
+    p = sub.add_parser("co-train", help="run several compatible jobs as one pack on one shared frozen base (each "
+                       "publishes the adapter it would get alone)")
+    p.add_argument("specs", nargs="+", metavar="SPEC", help="job spec YAML files (same base, precision, workers, "
+                   "ZeRO stage, packing and seq-len bucket)")
+    p.add_argument("--store", help=STORE_HELP)
+    p.add_argument("--json", action="store_true", help="print one JSON object as the last stdout line: "
+                   "{\"jobs\": [run --json's object per job]}")
+    p.set_defaults(handler=co_train)
+
     p = sub.add_parser("validate", help="check a spec and its data/model without training (exit 0 or 2)")
     add_spec_args(p)
     p.add_argument("--json", action="store_true")
@@ -108,6 +117,45 @@ def run(args: argparse.Namespace, console: Console) -> int:
     else:
         print(outcome.adapter_uri)
     return EXIT_OK
+
+
+def co_train(args: argparse.Namespace, console: Console) -> int:
+    """Operators and benchmarks: a pack run here, outside any scheduler (the scheduler packs
+    queued jobs itself where tenants allow it)."""
+    from ..errors import JobFailed, SpecError
+    from ..spec import load_spec
+    from ..storage import Store, new_job_id
+    from .paths import absolutize_local_paths
+
+    specs = [api.prepare(absolutize_local_paths(load_spec(path, []), path), on_notice=notice_printer(console))[0]
+             for path in args.specs]
+    problems = api.pack_problems(specs)
+    if problems:
+        raise SpecError(problems)
+    if api.served_cluster():
+        api.check_direct()
+    store = Store.open(args.store)
+    ids = [new_job_id(s.name) for s in specs]
+    api.ensure_ray()
+    if not args.json:
+        console.print(f"store: {store.root}  pack of {len(specs)}: {' '.join(ids)}", highlight=False)
+
+    def progress(job_id: str, event) -> None:
+        if not args.json and event.kind in ("phase", "done", "error"):
+            console.print(f"{job_id}: {getattr(event, 'phase', None) or getattr(event, 'reason', None) or 'published'}",
+                          highlight=False, soft_wrap=True)
+
+    ended = api.run_pack(specs, store, ids, progress)
+    summaries = [api.run_summary(j, s.tenant, ended[j]) for j, s in zip(ids, specs, strict=True)]
+    for j, e in ended.items():
+        if isinstance(e, JobFailed):
+            console.print(f"[red]{j} failed:[/] {e.reason}", highlight=False, soft_wrap=True)
+        elif not args.json:
+            console.print(f"[green]succeeded[/] {j}: {e.metrics['steps']} steps, train loss "
+                          f"{e.metrics['final_train_loss']:.4f}  {e.adapter_uri}", highlight=False)
+    if args.json:
+        emit_json({"jobs": summaries})
+    return EXIT_OK if all(not isinstance(e, JobFailed) for e in ended.values()) else EXIT_FAILED
 
 
 def _run_through_scheduler(args: argparse.Namespace, spec, console: Console) -> int:
