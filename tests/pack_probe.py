@@ -2,7 +2,7 @@
 Ray. Argument: a JSON file with rank, world, port, ``configs`` (worker config fields, one per
 job) and ``mode``: ``solo`` trains the one job with the real recipe (LoraRecipe), ``pack`` trains
 them all as one pack (PackRecipe). ``stop_after`` ({job id: steps}): rank 0's runner asks that
-member to stop after so many steps (a cancel). Prints one JSON line (rank 0's view).
+member to stop after so many steps (a preemption: it checkpoints and leaves). Prints one JSON line (rank 0's view).
 
 One torch thread per rank, as a ``cpus_per_worker: 1`` Ray worker runs (Ray sets
 ``OMP_NUM_THREADS`` to the worker's CPUs): with more threads, CPU GEMMs split their reductions
@@ -47,7 +47,8 @@ def main() -> None:
     if args["mode"] == "solo":
         recipe = LoraRecipe(configs[0], rank, world)
         manifest = recipe.run()
-        print(json.dumps({"published": manifest is not None, "losses": [h["loss"] for h in recipe.history]}))
+        print(json.dumps({"published": manifest is not None, "resumed_from": recipe.resumed_from,
+                          "losses": [h["loss"] for h in recipe.history]}))
     else:
         from lorafarm.cotrain.pack import PackRecipe
 
@@ -58,6 +59,8 @@ def main() -> None:
                 m.cfg.control = StopAfter(m, n)
         out = recipe.run()
         print(json.dumps({"members": {k: {**v, "manifest": v["manifest"] is not None} for k, v in out.items()},
+                          "resumed": {m.cfg.job_id: m.resumed_from for m in recipe.members},
+                          "checkpoints": {m.cfg.job_id: m.checkpoints for m in recipe.members},
                           "losses": {m.cfg.job_id: [h["loss"] for h in m.history] for m in recipe.members}}))
     dist.destroy_process_group()
 

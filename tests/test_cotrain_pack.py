@@ -2,8 +2,10 @@
 alphas and targets, learning rates, steps, global and micro batches — trained as one pack by
 ``PackRecipe`` on real DeepSpeed, each published adapter (PEFT files in the store) equal to the
 one the same spec publishes alone through ``LoraRecipe`` (fp32, dropout 0, within 1e-5
-relative), at ZeRO 0 and 2, on 1 and 2 ranks; and when one member is cancelled halfway the
-others still equal alone and the cancelled one publishes nothing."""
+relative), at ZeRO 0 and 2, on 1 and 2 ranks; and when one member is preempted halfway the
+others still equal alone, and the preempted one, from the checkpoint the pack wrote for it,
+resumes alone to the adapter it gets alone (within 1e-6) — or, in another pack with another
+job, resumes there to the same adapter."""
 
 from __future__ import annotations
 
@@ -93,15 +95,21 @@ def test_each_co_trained_member_publishes_the_adapter_it_would_alone(tmp_path, s
     store = Store.open(str(tmp_path / "store"))
     for job in JOBS:
         _run(tmp_path, "solo", _configs(store, [job], stage, world, "solo"), world)
-    stop = {"jb-pack": 2} if stage == 2 and world == 1 else {}  # one member cancelled halfway
-    report = _run(tmp_path, "pack", _configs(store, list(JOBS), stage, world, "pack"), world, stop_after=stop)
+    stop = {"jb-pack": 2} if stage == 2 and world == 1 else {}  # one member preempted halfway
+    configs = _configs(store, list(JOBS), stage, world, "pack")
+    report = _run(tmp_path, "pack", configs, world, stop_after=stop)
     members = report["members"]
     for job in JOBS:
         alone, packed = _adapter(tmp_path / "store", job, f"{job}-solo"), _adapter(tmp_path / "store", job, f"{job}-pack")
         assert alone is not None
         if f"{job}-pack" in stop:
-            assert members[f"{job}-pack"]["state"] == "cancelled" and members[f"{job}-pack"]["steps"] == 2
-            assert packed is None  # a cancelled member publishes nothing
+            assert members[f"{job}-pack"]["state"] == "preempted" and members[f"{job}-pack"]["steps"] == 2
+            assert packed is None  # a preempted member publishes nothing yet: it checkpointed at its step 2
+            assert [c["step"] for c in report["checkpoints"][f"{job}-pack"]] == [2]
+            # and resumes alone (the real recipe, from the pack's checkpoint) to the adapter it gets alone
+            resumed = _run(tmp_path, "solo", [c for c in configs if c["job_id"] == f"{job}-pack"], world)
+            assert resumed["resumed_from"] == 2 and resumed["published"]
+            assert _rel(_adapter(tmp_path / "store", job, f"{job}-pack"), alone) < 1e-6
             continue
         assert members[f"{job}-pack"]["state"] == "succeeded", members
         assert members[f"{job}-pack"]["steps"] == JOBS[job][2]["max_steps"]
@@ -121,3 +129,17 @@ def test_the_comparison_is_sharp(tmp_path):
     _run(tmp_path, "pack", configs, 1)
     rel = _rel(_adapter(tmp_path / "store", "jc", "jc-pack"), _adapter(tmp_path / "store", "jc", "jc-solo"))
     assert rel > 1e-3, rel
+
+
+@pytest.mark.integration
+def test_a_preempted_member_resumes_in_another_pack(tmp_path):
+    store = Store.open(str(tmp_path / "store"))
+    _run(tmp_path, "solo", _configs(store, ["ja"], 0, 1, "solo"), 1)
+    first = _configs(store, ["ja", "jb"], 0, 1, "p")
+    report = _run(tmp_path, "pack", first, 1, stop_after={"ja-p": 3})
+    assert report["members"]["ja-p"]["state"] == "preempted" and report["members"]["jb-p"]["state"] == "succeeded"
+    again = [c for c in first if c["job_id"] == "ja-p"] + _configs(store, ["jc"], 0, 1, "q")
+    report = _run(tmp_path, "pack", again, 1)
+    assert report["resumed"] == {"ja-p": 3, "jc-q": None}
+    assert report["members"]["ja-p"]["state"] == "succeeded" and report["members"]["ja-p"]["steps"] == 6
+    assert _rel(_adapter(tmp_path / "store", "ja", "ja-p"), _adapter(tmp_path / "store", "ja", "ja-solo")) < 1e-6

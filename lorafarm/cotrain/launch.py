@@ -16,7 +16,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..errors import JobFailed, LorafarmError
-from ..events import DataReady, Done, Event, Phase, RunOutcome, RunState, Step, WorkerError
+from ..events import DataReady, Done, Event, Phase, Preempted, RunOutcome, RunState, Step, WorkerError
 from ..spec import JobSpec
 from ..storage import Store, new_job_id
 from ..worker.recipe import WorkerConfig
@@ -28,8 +28,10 @@ PackProgressFn = Callable[[str, Event], None]
 def run_pack(specs: list[JobSpec], store: Store, *, job_ids: list[str] | None = None,
              on_progress: PackProgressFn | None = None, controls: dict[str, Any] | None = None,
              ) -> dict[str, RunOutcome | JobFailed]:
-    """Train ``specs`` as one pack: ``{job id: SUCCEEDED outcome, or the JobFailed of that
-    member}``, in the specs' order. Raises ``ValueError`` when they cannot share a pack."""
+    """Train ``specs`` as one pack: ``{job id: SUCCEEDED outcome, PREEMPTED at its checkpoint's
+    step (its ``controls[job id].stop_requested()`` said so), or the JobFailed of that member}``,
+    in the specs' order. A job id whose directory holds checkpoints resumes from the latest
+    (made alone or in a pack). Raises ``ValueError`` when they cannot share a pack."""
     import ray
     from ray.util.queue import Queue
 
@@ -96,7 +98,7 @@ def _train(configs: list[WorkerConfig], notify: PackProgressFn) -> dict[str, Run
     histories = {c.job_id: HistoryWriter(c.job_uri) for c in configs}
     done: dict[str, Done] = {}
     errors: dict[str, str] = {}
-    left: dict[str, str] = {}
+    preempted: dict[str, int] = {}
     try:
         while True:
             got = False
@@ -114,8 +116,8 @@ def _train(configs: list[WorkerConfig], notify: PackProgressFn) -> dict[str, Run
                         histories[c.job_id].finish(event.history, event.manifest.get("metrics", {}))
                     case WorkerError():
                         errors.setdefault(c.job_id, event.reason)
-                    case Phase() if event.phase.startswith("left the pack"):
-                        left[c.job_id] = event.phase
+                    case Preempted():
+                        preempted[c.job_id] = event.step
                 notify(c.job_id, event)
             if not got:
                 if finished.is_set() and all(c.progress.empty() for c in configs):
@@ -130,12 +132,14 @@ def _train(configs: list[WorkerConfig], notify: PackProgressFn) -> dict[str, Run
     from ..worker.launch import _reason
 
     for c in configs:
-        if c.job_id in done:
+        if c.job_id in preempted and c.job_id not in errors:
+            out[c.job_id] = RunOutcome(RunState.PREEMPTED, step=preempted[c.job_id])
+        elif c.job_id in done:
             d = done[c.job_id]
             out[c.job_id] = RunOutcome(RunState.SUCCEEDED, adapter_uri=c.adapter_uri, metrics=d.manifest["metrics"],
                                        manifest=d.manifest)
         else:
-            out[c.job_id] = JobFailed(errors.get(c.job_id) or left.get(c.job_id)
+            out[c.job_id] = JobFailed(errors.get(c.job_id)
                                       or _reason(fit_error[0] if fit_error else None) or "training ended without an adapter")
     return out
 

@@ -18,13 +18,15 @@ still training. What each member keeps as its own, exactly as alone:
   driver; a member that finishes publishes and leaves, the others go on.
 
 A member leaves at a step boundary when it is done, when its runner asks it to stop (it is
-cancelled: nothing published), or when its loss is not finite under ``on_nonfinite_loss: stop``
+preempted: its own checkpoint is written, in the layout a job alone resumes from, and it may
+resume alone or in another pack), or when its loss is not finite under ``on_nonfinite_loss: stop``
 (it fails alone; under ``skip`` its group skips that update). A member that has left takes no
-more updates (its group is inactive), so the others' steps are unchanged.
+more updates (its group is inactive), so the others' steps are unchanged. Members checkpoint
+every ``training.checkpoint_every_steps`` of their own steps, and a member whose job has a
+checkpoint resumes from it when the pack starts.
 
-Not yet: checkpoints per member (a pack member is not preemptible; the scheduler preempts whole
-packs only by cancelling), joining a running pack, ZeRO-3, exact dropout > 0 (masks are drawn by
-the pack, not from the member's (seed, step, row) as alone).
+Not yet: joining a running pack, ZeRO-3, exact dropout > 0 (masks are drawn by the pack, not from
+the member's (seed, step, row) as alone).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from typing import Any
 
 import torch
 
-from ..events import Done, GroupStarted, Phase, Step, WorkerError
+from ..events import Done, GroupStarted, Preempted, Resumed, Step, WorkerError
 from ..spec import steps_per_epoch, total_steps
 from ..worker.recipe import WorkerConfig
 from .compat import pack_problems
@@ -53,7 +55,7 @@ class Member:
     eval_rows: Any = None
     total_steps: int = 0
     done: int = 0
-    state: str = "training"  # training | succeeded | cancelled | failed
+    state: str = "training"  # training | succeeded | preempted | failed
     reason: str | None = None
     history: list[dict[str, Any]] = field(default_factory=list)
     tokens_seen: int = 0
@@ -63,6 +65,9 @@ class Member:
     manifest: dict[str, Any] | None = None
     lr_lambda: Any = None
     last_poll: float = 0.0
+    resumed_from: int | None = None
+    train_seconds_before: float = 0.0
+    checkpoints: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def spec(self):
@@ -78,7 +83,7 @@ class PackRecipe:
             raise ValueError("these jobs cannot train as one pack: " + "; ".join(problems))
         self.members = [Member(cfg=c, name=f"m{i}", group=i) for i, c in enumerate(members)]
         self.rank, self.world = rank, world
-        self.started = time.time()
+        self.started = self.train_started = time.time()
 
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, dict[str, Any]]:
@@ -87,9 +92,12 @@ class PackRecipe:
         self.setup()
         for m in self.members:
             self.send(m, GroupStarted(world_size=self.world, pack_members=len(self.members)))
-            if m.eval_rows is not None:
+            if m.resumed_from is not None:
+                self.send(m, Resumed(step=m.resumed_from, world_size=self.world))
+            elif m.eval_rows is not None:
                 m.first_eval = m.last_eval = self.evaluate(m)
         self.engine.train()
+        self.train_started = time.time()
         while any(m.state == "training" for m in self.members):
             self.pack_step()
         return {m.cfg.job_id: {"state": m.state, "reason": m.reason, "steps": m.done, "manifest": m.manifest}
@@ -143,6 +151,69 @@ class PackRecipe:
         use_pack_attention(self.model)  # SDPA per member segment, as each member's own micro batch
         self.packed_mask = "position_ids" if attn.startswith("flash_attention") else "4d"
         self.device = self.engine.device
+        for m in self.members:
+            self._resume(m)
+
+    def _resume(self, m: Member) -> None:
+        """Continue member ``m`` from its job's latest complete checkpoint, if it has one (made
+        alone or in a pack: the layout is the same), exactly where it stopped."""
+        from ..errors import StorageError, TrainingError
+        from ..spec import resume_digest
+        from ..worker.checkpoints import list_checkpoints, read_checkpoint
+        from ..worker.zero_state import OPTIMIZER, STATE, WEIGHTS, load_tensors
+        from .state import load_member_state
+
+        for ref in reversed(list_checkpoints(m.cfg.job_uri)):
+            if ref.marker.get("resume_digest") != resume_digest(m.spec):
+                raise TrainingError(f"{ref.uri}: made for another spec of this job — resubmit as a new job")
+            try:
+                blobs = read_checkpoint(ref)
+            except StorageError as e:
+                self.send(m, WorkerError(reason=f"{e}; trying an older checkpoint"))
+                continue
+            import json
+
+            state = json.loads(blobs[STATE])
+            if state.get("base_weights_digest") != self.base_digest:
+                raise TrainingError(f"{ref.uri}: made on other base weights than {m.spec.base_model} — resubmit as "
+                                    "a new job")
+            load_member_state(self.engine, self.model, m.name, m.group, load_tensors(blobs[WEIGHTS]),
+                              load_tensors(blobs[OPTIMIZER]), state["optimizer_step"])
+            m.done = m.resumed_from = int(state["step"])
+            m.history = list(state.get("history", []))
+            m.tokens_seen = int(state.get("tokens_seen", 0))
+            m.first_eval, m.last_eval = state.get("first_eval"), state.get("last_eval")
+            m.skipped_steps = list(state.get("skipped_steps", []))
+            m.train_seconds_before = float(state.get("train_seconds", 0.0))
+            return
+
+    def save_checkpoint(self, m: Member, step: int) -> None:
+        """Collective: member ``m``'s own state after ``step`` of its steps, in the layout a job
+        alone resumes from (:mod:`lorafarm.cotrain.state`); older ones pruned."""
+        from ..events import CheckpointSaved
+        from ..spec import resume_digest, spec_digest
+        from ..worker.checkpoints import prune
+        from ..worker.zero_state import RankContext, write_checkpoint
+        from .state import member_training_state, schedule_state
+
+        t0 = time.perf_counter()
+        weights, moments, opt_step = member_training_state(self.engine, self.model, m.name, m.group)
+        extra = {
+            "resume_digest": resume_digest(m.spec), "spec": m.spec.model_dump(mode="json"),
+            "spec_digest": spec_digest(m.spec), "base_weights_digest": self.base_digest,
+            "samples_seen": step * m.spec.training.global_batch_size, "tokens_seen": m.tokens_seen,
+            "history": m.history, "first_eval": m.first_eval, "last_eval": m.last_eval,
+            "skipped_steps": m.skipped_steps,
+            "train_seconds": m.train_seconds_before + time.time() - self.train_started,
+        }
+        ctx = RankContext(engine=self.engine, model=self.model, lr_schedule=None, rank=self.rank, world=self.world,
+                          barrier=self.barrier)
+        marker = write_checkpoint(m.cfg.job_uri, step, ctx, weights, moments, opt_step,
+                                  schedule_state(m.spec.training.learning_rate, m.lr_lambda, step), extra, t0)
+        if marker is not None:
+            prune(m.cfg.job_uri, m.spec.training.keep_last)
+            m.checkpoints.append({"step": step, "bytes": marker["bytes"], "seconds": marker["save_seconds"]})
+            self.send(m, CheckpointSaved(step=step, bytes=marker["bytes"], seconds=marker["save_seconds"]))
 
     # ---------------------------------------------------------------- train
     def pack_step(self) -> None:
@@ -232,9 +303,12 @@ class PackRecipe:
             self.send(m, step)
             if m.done >= m.total_steps:
                 self.finish(m)
-            elif stop:  # cancelled at this step boundary: it leaves, the others go on
-                m.state, m.reason = "cancelled", f"stopped at step {m.done} of {m.total_steps} (co-trained)"
-                self.send(m, Phase(f"left the pack at step {m.done}"))
+            elif stop:  # preempted at this step boundary: its checkpoint, then it leaves; the others go on
+                self.save_checkpoint(m, m.done)
+                m.state, m.reason = "preempted", f"preempted at step {m.done} of {m.total_steps} (co-trained)"
+                self.send(m, Preempted(step=m.done))
+            elif t.checkpoint_every_steps and m.done % t.checkpoint_every_steps == 0:
+                self.save_checkpoint(m, m.done)
 
     def stop_requested(self, m: Member) -> bool:
         """Rank 0 asks the member's runner at most once a second whether to stop."""
@@ -313,6 +387,12 @@ class PackRecipe:
         except Exception:  # noqa: BLE001
             if isinstance(event, Done):
                 raise
+
+    def barrier(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized() and self.world > 1:
+            dist.barrier()
 
     def _all_sum(self, values: list[float]) -> list[float]:
         import torch.distributed as dist

@@ -49,6 +49,15 @@ def save_checkpoint(job_uri: str, step: int, ctx: RankContext, extra: dict[str, 
     after all ranks are done — the marker. Returns the marker on rank 0."""
     t0 = time.perf_counter()
     weights, moments, opt_step = gather_training_state(ctx.engine, ctx.model)
+    scheduler = ctx.lr_schedule.state_dict() if ctx.lr_schedule is not None else None
+    return write_checkpoint(job_uri, step, ctx, weights, moments, opt_step, scheduler, extra, t0)
+
+
+def write_checkpoint(job_uri: str, step: int, ctx: RankContext, weights: dict[str, torch.Tensor],
+                     moments: dict[str, torch.Tensor], opt_step: int, scheduler: dict[str, Any] | None,
+                     extra: dict[str, Any], t0: float) -> dict[str, Any] | None:
+    """Collective: the files of a checkpoint from gathered state (a co-training pack writes each
+    member's own this way, in the layout a job alone resumes from)."""
     uri = step_uri(job_uri, step)
     write_bytes(join(uri, rng_file(ctx.rank)), _rng_blob())
     files: dict[str, bytes] = {}
@@ -58,7 +67,7 @@ def save_checkpoint(job_uri: str, step: int, ctx: RankContext, extra: dict[str, 
             "step": step,
             "optimizer_step": opt_step,
             "world_size": ctx.world,
-            "scheduler": ctx.lr_schedule.state_dict() if ctx.lr_schedule is not None else None,
+            "scheduler": scheduler,
             **extra,
         }
         files = {
