@@ -143,3 +143,15 @@ def test_a_preempted_member_resumes_in_another_pack(tmp_path):
     assert report["resumed"] == {"ja-p": 3, "jc-q": None}
     assert report["members"]["ja-p"]["state"] == "succeeded" and report["members"]["ja-p"]["steps"] == 6
     assert _rel(_adapter(tmp_path / "store", "ja", "ja-p"), _adapter(tmp_path / "store", "ja", "ja-solo")) < 1e-6
+
+
+@pytest.mark.integration
+def test_a_member_whose_checkpoint_is_of_another_spec_fails_alone(tmp_path):
+    store = Store.open(str(tmp_path / "store"))
+    first = _configs(store, ["ja"], 0, 1, "p")
+    assert _run(tmp_path, "pack", first, 1, stop_after={"ja-p": 2})["members"]["ja-p"]["state"] == "preempted"
+    changed = json.loads(json.dumps(first))
+    changed[0]["spec"]["training"]["learning_rate"] *= 2  # the same job id, another result: refused
+    report = _run(tmp_path, "pack", changed + _configs(store, ["jc"], 0, 1, "q"), 1)
+    assert report["members"]["ja-p"]["state"] == "failed" and "another spec" in report["members"]["ja-p"]["reason"]
+    assert report["members"]["jc-q"]["state"] == "succeeded"

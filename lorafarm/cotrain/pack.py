@@ -92,6 +92,8 @@ class PackRecipe:
         self.setup()
         for m in self.members:
             self.send(m, GroupStarted(world_size=self.world, pack_members=len(self.members)))
+            if m.state != "training":
+                continue
             if m.resumed_from is not None:
                 self.send(m, Resumed(step=m.resumed_from, world_size=self.world))
             elif m.eval_rows is not None:
@@ -151,8 +153,14 @@ class PackRecipe:
         use_pack_attention(self.model)  # SDPA per member segment, as each member's own micro batch
         self.packed_mask = "position_ids" if attn.startswith("flash_attention") else "4d"
         self.device = self.engine.device
+        from ..errors import LorafarmError
+
         for m in self.members:
-            self._resume(m)
+            try:
+                self._resume(m)
+            except LorafarmError as e:  # its checkpoint is of another spec or base: it fails alone
+                m.state, m.reason = "failed", str(e)
+                self.send(m, WorkerError(reason=m.reason))
 
     def _resume(self, m: Member) -> None:
         """Continue member ``m`` from its job's latest complete checkpoint, if it has one (made
