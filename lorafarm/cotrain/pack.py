@@ -40,7 +40,7 @@ import torch
 
 from ..events import Done, GroupStarted, Preempted, Resumed, Step, WorkerError
 from ..spec import steps_per_epoch, total_steps
-from ..worker.recipe import WorkerConfig
+from ..worker.recipe import WorkerConfig, all_sum, barrier, send_event
 from .compat import pack_problems
 
 
@@ -83,7 +83,7 @@ class PackRecipe:
             raise ValueError("these jobs cannot train as one pack: " + "; ".join(problems))
         self.members = [Member(cfg=c, name=f"m{i}", group=i) for i, c in enumerate(members)]
         self.rank, self.world = rank, world
-        self.started = self.train_started = time.time()
+        self.train_started = time.time()
 
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, dict[str, Any]]:
@@ -387,25 +387,12 @@ class PackRecipe:
 
     # ---------------------------------------------------------------- between ranks and processes
     def send(self, m: Member, event) -> None:
-        """An event to the member's own driver (rank 0 only); best effort but for ``Done``."""
-        if m.cfg.progress is None or self.rank != 0:
-            return
-        try:
-            m.cfg.progress.put_nowait(event)
-        except Exception:  # noqa: BLE001
-            if isinstance(event, Done):
-                raise
+        """An event to the member's own driver, as a job alone sends it (rank 0's, and any
+        rank's own failure)."""
+        send_event(m.cfg.progress, event, self.rank)
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     def _all_sum(self, values: list[float]) -> list[float]:
-        import torch.distributed as dist
-
-        v = torch.tensor(values, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.all_reduce(v)
-        return [float(x) for x in v]
+        return all_sum(values, self.world)

@@ -434,30 +434,45 @@ class LoraRecipe:
         """An event to the job's driver (rank 0 only, except a :class:`~lorafarm.events.WorkerError`:
         every rank's own failure is named). Best effort, training goes on — except
         :class:`~lorafarm.events.Done`, whose loss would lose the adapter: that one raises."""
-        if self.cfg.progress is None or (self.rank != 0 and not isinstance(event, WorkerError)):
-            return
-        if self.rank != 0:
-            event = WorkerError(reason=f"rank {self.rank}: {event.reason}", retryable=event.retryable)
-        try:
-            self.cfg.progress.put_nowait(event)
-        except Exception:  # noqa: BLE001
-            if isinstance(event, Done):
-                raise
+        send_event(self.cfg.progress, event, self.rank)
 
     def barrier(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.barrier()
+        barrier(self.world)
 
     def _all_sum(self, values: list[float]) -> list[float]:
-        """Element-wise float64 sums over ranks, in one collective."""
-        import torch.distributed as dist
+        return all_sum(values, self.world)
 
-        v = torch.tensor(values, dtype=torch.float64)
-        if dist.is_available() and dist.is_initialized() and self.world > 1:
-            dist.all_reduce(v)
-        return [float(x) for x in v]
+
+def send_event(progress, event: Event, rank: int) -> None:
+    """``event`` to a job's driver queue (``progress``; None: nobody listens): rank 0's events, and
+    any rank's own :class:`~lorafarm.events.WorkerError` prefixed with its rank. Best effort —
+    except :class:`~lorafarm.events.Done`, whose loss would lose the adapter: that one raises."""
+    if progress is None or (rank != 0 and not isinstance(event, WorkerError)):
+        return
+    if rank != 0:
+        event = WorkerError(reason=f"rank {rank}: {event.reason}", retryable=event.retryable)
+    try:
+        progress.put_nowait(event)
+    except Exception:  # noqa: BLE001
+        if isinstance(event, Done):
+            raise
+
+
+def barrier(world: int) -> None:
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized() and world > 1:
+        dist.barrier()
+
+
+def all_sum(values: list[float], world: int) -> list[float]:
+    """Element-wise float64 sums over ranks, in one collective."""
+    import torch.distributed as dist
+
+    v = torch.tensor(values, dtype=torch.float64)
+    if dist.is_available() and dist.is_initialized() and world > 1:
+        dist.all_reduce(v)
+    return [float(x) for x in v]
 
 
 def _saved_spec(ref) -> dict[str, Any] | None:
