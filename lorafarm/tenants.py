@@ -11,6 +11,7 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
       aging_per_hour: 100           # priority points a queued job gains per hour of waiting
       backfill: true                # start smaller jobs around a blocked head without delaying it
       preemption: false             # a higher class may stop lower-class running jobs
+      co_training_max_members: 4    # most jobs in one co-trained pack (1 = never pack)
     tenants:
       default:                      # required unless unknown_tenants is reject
         weight: 1                   # fair-share weight (> 0)
@@ -22,6 +23,8 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
         priorities: [low, normal, high]   # classes this tenant may use (absent = all)
         default_priority: normal
         allow_trust_remote_code: false
+        co_training: false          # true: its jobs may share one process and base with other co-training
+                                    # tenants' compatible jobs (a pack; each adapter as if trained alone)
         keys: [sha256:…]            # digests of this tenant's API keys (absent everywhere = keys off, one team)
         allowed_uris: [s3://datasets/acme/, /shared/models/]   # prefixes its specs may read (absent = anywhere
                                     # outside other tenants' store prefixes; its own prefix is always allowed)

@@ -35,6 +35,7 @@ class FakeLauncher:
 
     def __init__(self) -> None:
         self.started: list[str] = []  # job ids, in start order
+        self.packs: list[tuple[str, list[str]]] = []  # (pack id, member job ids), in start order
         self.specs: dict[str, JobSpec] = {}
         self.running: set[str] = set()
         self.outcomes: dict[str, RunOutcome] = {}
@@ -47,6 +48,12 @@ class FakeLauncher:
         self.started.append(job_id)
         self.specs[job_id] = spec
         self.running.add(job_id)
+
+    def start_pack(self, pack_id: str, members: list[tuple[str, JobSpec]], store_root: str) -> None:
+        self.packs.append((pack_id, [j for j, _ in members]))
+        for job_id, spec in members:
+            self.specs[job_id] = spec
+            self.running.add(job_id)
 
     def end(self, job_id: str, outcome: RunOutcome) -> None:
         self.outcomes[job_id] = outcome

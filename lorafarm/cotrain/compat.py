@@ -10,6 +10,8 @@ members' factors inside the routing hooks are untested.
 
 from __future__ import annotations
 
+import json
+
 from ..spec import JobSpec
 
 
@@ -48,3 +50,12 @@ def pack_problems(specs: list[JobSpec]) -> list[str]:
             if a != b:
                 problems.append(f"{s.tenant}/{s.name}: {field} is {b!r}, the pack's is {a!r}")
     return problems
+
+
+def scheduler_pack_key(spec: JobSpec) -> str | None:
+    """The policy's ``JobRequest.pack_key`` for ``spec``: equal strings may share a pack; None
+    when the job is never co-trained (``training.co_train: never``, ZeRO-3, DoRA). Whether its
+    tenant co-trains is the policy's to check (the tenants file may change while it waits)."""
+    if pack_problems([spec]):
+        return None
+    return json.dumps(pack_key(spec), separators=(",", ":"))

@@ -171,7 +171,7 @@ def pack_loop_per_worker(config: dict[str, Any]) -> None:
     live member's failure (each member's own failures are reported by the recipe)."""
     import os
 
-    from ..worker.recipe import distributed_env_from_ray
+    from ..worker.recipe import _placement_group_id, _rank_nodes, distributed_env_from_ray
     from .pack import PackRecipe
 
     configs: list[WorkerConfig] = config["pack"]
@@ -179,6 +179,8 @@ def pack_loop_per_worker(config: dict[str, Any]) -> None:
         os.environ.setdefault(key, value)
     rank, world = distributed_env_from_ray()
     recipe = PackRecipe(configs, rank, world)
+    # the gang's placement group and nodes, so that the scheduler follows (and frees) what it holds
+    recipe.group = {"placement_group": _placement_group_id(), "nodes": _rank_nodes(world)}
     try:
         recipe.run()
     except Exception as e:

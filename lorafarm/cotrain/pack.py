@@ -40,7 +40,7 @@ import torch
 
 from ..events import Done, GroupStarted, Preempted, Resumed, Step, WorkerError
 from ..spec import steps_per_epoch, total_steps
-from ..worker.recipe import WorkerConfig, all_sum, barrier, send_event
+from ..worker.recipe import STEP_FLOOR_S, WorkerConfig, all_sum, barrier, send_event
 from .compat import pack_problems
 
 
@@ -84,6 +84,7 @@ class PackRecipe:
         self.members = [Member(cfg=c, name=f"m{i}", group=i) for i, c in enumerate(members)]
         self.rank, self.world = rank, world
         self.train_started = time.time()
+        self.group: dict[str, Any] = {}  # on Ray: GroupStarted's placement_group and nodes (launch.py)
 
     # ---------------------------------------------------------------- run
     def run(self) -> dict[str, dict[str, Any]]:
@@ -91,7 +92,7 @@ class PackRecipe:
         "steps", "manifest"}}`` (the manifest on rank 0, for members that published)."""
         self.setup()
         for m in self.members:
-            self.send(m, GroupStarted(world_size=self.world, pack_members=len(self.members)))
+            self.send(m, GroupStarted(world_size=self.world, pack_members=len(self.members), **self.group))
             if m.state != "training":
                 continue
             if m.resumed_from is not None:
@@ -290,6 +291,8 @@ class PackRecipe:
                 self.optimizer.param_groups[m.group]["active"] = False
             outcome[m.name] = (loss, step_tokens, bool(stop))
         self.engine.step()
+        if STEP_FLOOR_S > 0:  # a test that acts mid-run paces its pack (see worker.recipe.STEP_FLOOR_S)
+            time.sleep(max(0.0, STEP_FLOOR_S - (time.perf_counter() - t0)))
         dt = time.perf_counter() - t0
         for m in live:
             if m.state != "training":

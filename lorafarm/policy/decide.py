@@ -35,7 +35,6 @@ With ``policy.preemption`` on, a blocked head may stop running jobs of strictly 
 
 from __future__ import annotations
 
-import bisect
 import heapq
 import math
 from collections.abc import Collection, Sequence
@@ -43,11 +42,12 @@ from dataclasses import dataclass, field
 
 from ..spec.tenants import TenantsConfig
 from .admit import check_admissible
+from .bands import HOUR, Bands
+from .packing import form_packs
 from .pool import EPS, Pool
 from .quota import Usage, usage_by_tenant, within_quota
 from .types import ClusterState, Decision, JobRequest, Placement, RunningJob
 
-HOUR = 3600.0
 SHADOW_SCAN = 256  # queued jobs examined for the head's reservation once nothing else fits
 SHADOW_MARGIN = 1.25  # a backfilled job must end by the shadow even if it runs this much longer than estimated
 
@@ -84,29 +84,6 @@ class _TenantQueue:
     # a heap, best first: (-band, tier (0 = lifted), estimate or submitted, submitted, job id, index, job)
     jobs: list[tuple[float, int, float, float, str, int, JobRequest]] = field(default_factory=list)
     weight: float = 1.0
-
-
-class Bands:
-    """The aging rule of one tenants file, its look-ups made once: a job's aged priority
-    (:meth:`value`) and the class value it rounds down to, its band (:meth:`band`)."""
-
-    __slots__ = ("aging", "classes", "fallback", "levels", "top")
-
-    def __init__(self, tenants: TenantsConfig):
-        self.classes = dict(tenants.priority_classes)
-        self.fallback = tenants.priority_value(tenants.default_priority)
-        self.aging = tenants.policy.aging_per_hour
-        self.levels = sorted(set(self.classes.values()))
-        self.top = self.levels[-1]
-
-    def value(self, job: JobRequest | RunningJob, now: float) -> float:
-        """Class value plus ``aging_per_hour`` points for every whole hour waited."""
-        waited = now - job.submitted_at
-        return self.classes.get(job.priority, self.fallback) + (self.aging * (waited // HOUR) if waited >= HOUR else 0.0)
-
-    def band(self, value: float) -> float:
-        """The class value ``value`` rounds down to."""
-        return self.levels[bisect.bisect_right(self.levels, value) - 1]
 
 
 def ranks(jobs: Sequence[JobRequest | RunningJob], tenants: TenantsConfig, now: float) -> list[float]:
@@ -165,7 +142,10 @@ def decide(
     band_of: dict[float, float] = {level: level for level in bands.levels}  # rank -> band, filled as ranks appear
     queues: dict[str, _TenantQueue] = {}
     shapes: set[tuple] = set()
+    packable: dict[str, list[JobRequest]] = {}
     for job in queued:
+        if job.pack_key is not None:
+            packable.setdefault(job.pack_key, []).append(job)
         value = bands.value(job, now)
         band = band_of.get(value)
         if band is None:  # aged between two classes: its band is the class below
@@ -177,7 +157,13 @@ def decide(
         shapes.add(job_shape(job))
     for q in queues.values():
         heapq.heapify(q.jobs)  # best first; popped lazily, as few as the call needs
-    return serve(queues, shapes, running, cluster, tenants, now=now)
+    decision = serve(queues, shapes, running, cluster, tenants, now=now)
+    if not packable:
+        return decision
+    by_id = {j.job_id: j for j in queued}
+    for ms in packable.values():
+        ms.sort(key=lambda j: (j.submitted_at, j.job_id))
+    return form_packs(decision, by_id.get, packable, running, tenants, now)
 
 
 def serve(
@@ -312,44 +298,62 @@ def choose_victims(
 ) -> tuple[str, ...]:
     """The fewest running jobs of strictly lower class (lowest class, then newest, first) whose
     resources, added to what is free, let ``head`` start; () when no such set exists. A job is
-    never chosen when stopping it would take its tenant below its ``guaranteed`` resources."""
+    never chosen when stopping it would take its tenant below its ``guaranteed`` resources. A
+    co-trained pack frees its gang only when all its members stop: it is chosen whole (every
+    member of lower class) or not at all."""
     head_value = tenants.priority_value(head.priority)
-    candidates = sorted(
-        (j for j in running if tenants.priority_value(j.priority) < head_value),
-        key=lambda j: (tenants.priority_value(j.priority), -j.started_at, j.job_id),
-    )
+    units = [u for u in _units(running) if all(tenants.priority_value(j.priority) < head_value for j in u)]
+    units.sort(key=lambda u: (max(tenants.priority_value(j.priority) for j in u), -max(j.started_at for j in u),
+                              u[0].job_id))
     usage = usage_by_tenant(running)
     pool = Pool(cluster)
-    chosen: list[str] = []
-    for victim in candidates:
-        if not _keeps_guarantee(usage[victim.tenant], victim, tenants.guaranteed(victim.tenant)):
+    chosen: list[tuple[RunningJob, ...]] = []
+    for unit in units:
+        trial = {t: Usage(u.workers, u.cpus, u.gpus) for t, u in usage.items()}
+        keeps = True
+        for victim in unit:
+            keeps = keeps and _keeps_guarantee(trial[victim.tenant], victim, tenants.guaranteed(victim.tenant))
+            trial[victim.tenant].add(victim, sign=-1)
+        if not keeps:
             continue
-        usage[victim.tenant].add(victim, sign=-1)
-        pool.take(victim.workers, victim.cpus_per_worker, victim.gpus_per_worker, victim.placement, sign=-1.0)
-        chosen.append(victim.job_id)
+        usage = trial
+        for victim in unit:
+            pool.take(victim.workers, victim.cpus_per_worker, victim.gpus_per_worker, victim.placement, sign=-1.0)
+        chosen.append(unit)
         if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
-            return _drop_unneeded(head, running, cluster, chosen)
+            return tuple(j.job_id for u in _drop_unneeded(head, cluster, chosen) for j in u)
     return ()
+
+
+def _units(running: Sequence[RunningJob]) -> list[tuple[RunningJob, ...]]:
+    """Running jobs as what stopping frees: a job alone, or every member of a pack together."""
+    packs: dict[str, list[RunningJob]] = {}
+    out: list[tuple[RunningJob, ...]] = []
+    for j in running:
+        if j.pack is None:
+            out.append((j,))
+        else:
+            packs.setdefault(j.pack, []).append(j)
+    return out + [tuple(ms) for ms in packs.values()]
 
 
 def _keeps_guarantee(u: Usage, victim: RunningJob, g) -> bool:
     """Whether the tenant still holds its guaranteed resources after ``victim`` stops."""
-    return ((g.workers is None or u.workers - victim.workers >= g.workers)
+    return ((g.workers is None or u.workers - victim.workers * victim.share >= g.workers - EPS)
             and (g.cpus is None or u.cpus - victim.cpus >= g.cpus - EPS)
             and (g.gpus is None or u.gpus - victim.gpus >= g.gpus - EPS))
 
 
-def _drop_unneeded(head: JobRequest, running: Sequence[RunningJob], cluster: ClusterState,
-                   chosen: list[str]) -> tuple[str, ...]:
+def _drop_unneeded(head: JobRequest, cluster: ClusterState,
+                   chosen: list[tuple[RunningJob, ...]]) -> list[tuple[RunningJob, ...]]:
     """Spare any chosen victim (oldest choices first) whose resources turn out not to be needed."""
-    by_id = {j.job_id: j for j in running}
     keep = list(chosen)
-    for job_id in list(chosen):
-        trial = [v for v in keep if v != job_id]
+    for unit in list(chosen):
+        trial = [u for u in keep if u is not unit]
         pool = Pool(cluster)
-        for v in trial:
-            j = by_id[v]
-            pool.take(j.workers, j.cpus_per_worker, j.gpus_per_worker, j.placement, sign=-1.0)
+        for u in trial:
+            for j in u:
+                pool.take(j.workers, j.cpus_per_worker, j.gpus_per_worker, j.placement, sign=-1.0)
         if pool.place(head.workers, head.cpus_per_worker, head.gpus_per_worker) is not None:
             keep = trial
-    return tuple(keep)
+    return keep

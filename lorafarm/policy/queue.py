@@ -21,6 +21,7 @@ from collections.abc import Iterator, Sequence
 
 from ..spec.tenants import TenantsConfig
 from .decide import HOUR, LIFT, Bands, Lift, _TenantQueue, job_shape, lift_after, queue_key, serve
+from .packing import form_packs
 from .types import ClusterState, Decision, JobRequest, RunningJob
 
 MARGIN_S = 1e-3  # re-key a little early: float sums near a boundary must never be missed
@@ -39,6 +40,7 @@ class QueueIndex:
         self._shapes: Counter[tuple] = Counter()
         self._live: Counter[str] = Counter()  # tenant -> its queued jobs (its heap also holds stale entries)
         self._ages: dict[str, list[tuple[float, str]]] = {}  # tenant -> (submitted, job id) min-heap, lazy
+        self._packable: dict[str, dict[str, JobRequest]] = {}  # pack key -> its queued jobs (co-training)
         self._seq = 0
         self._now: float | None = None  # the time the keys were computed for
         self.set_tenants(tenants)
@@ -80,6 +82,7 @@ class QueueIndex:
         self._shapes.clear()
         self._live.clear()
         self._ages.clear()
+        self._packable.clear()
         for job in jobs:
             self.put(job)
 
@@ -89,6 +92,8 @@ class QueueIndex:
         if job.job_id in self._jobs:
             self.remove(job.job_id)
         self._jobs[job.job_id] = job
+        if job.pack_key is not None:
+            self._packable.setdefault(job.pack_key, {})[job.job_id] = job
         self._shapes[job_shape(job)] += 1
         self._live[job.tenant] += 1
         heapq.heappush(self._ages.setdefault(job.tenant, []), (job.submitted_at, job.job_id))
@@ -102,6 +107,11 @@ class QueueIndex:
         if job is None:
             return None
         self._entry.pop(job_id, None)  # its heap entries go stale and are dropped when met
+        if job.pack_key is not None:
+            same = self._packable[job.pack_key]
+            del same[job_id]
+            if not same:
+                del self._packable[job.pack_key]
         shape = job_shape(job)
         self._shapes[shape] -= 1
         if not self._shapes[shape]:
@@ -120,10 +130,16 @@ class QueueIndex:
         popped: list[tuple] = []
         queues = {name: q for name, q in self._queues.items() if q.jobs}
         try:
-            return serve(queues, self._shapes, running, cluster, self.tenants, popped, self._clean, now=now)
+            decision = serve(queues, self._shapes, running, cluster, self.tenants, popped, self._clean, now=now)
         finally:
             for entry in popped:  # the queue is unchanged until the caller removes what started
                 heapq.heappush(self._queues[entry[6].tenant].jobs, entry)
+        if not self._packable:
+            return decision
+        keys = {j.pack_key for j in map(self._jobs.get, decision.start) if j is not None and j.pack_key is not None}
+        packable = {k: sorted(self._packable[k].values(), key=lambda j: (j.submitted_at, j.job_id))
+                    for k in keys if k in self._packable}
+        return form_packs(decision, self._jobs.get, packable, running, self.tenants, now)
 
     def keys(self, now: float) -> dict[str, tuple]:
         """``job id -> (-band, tier, order, submitted, job id)`` at ``now``: where each job stands

@@ -38,8 +38,9 @@ class Usage:
     gpus: float = 0
 
     def add(self, job: Gang, sign: int = 1) -> None:
-        """Count ``job``'s gang in (``sign=-1``: out)."""
-        self.workers += sign * job.workers
+        """Count ``job``'s gang in (``sign=-1``: out); a pack member's workers by its share."""
+        share = getattr(job, "share", 1.0)
+        self.workers += sign * (job.workers if share == 1.0 else job.workers * share)
         self.cpus += sign * job.cpus
         self.gpus += sign * job.gpus
 

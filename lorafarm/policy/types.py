@@ -24,6 +24,9 @@ class JobRequest:
     estimated_duration: float | None = None  # seconds; unused by ``decide``, for simulators' baselines
     spread: bool = False  # resources.placement: spread (one worker per node where possible)
     accelerator_type: str | None = None  # only nodes with this accelerator may hold its workers
+    pack_key: str | None = None  # co-training: jobs with equal keys may share a pack; None = never packed
+
+    share = 1.0  # of the gang it holds (a queued job holds all of its own)
 
     @property
     def cpus(self) -> float:
@@ -49,6 +52,11 @@ class RunningJob:
     estimated_duration: float | None = None
     placement: Placement = ()
     accelerator_type: str | None = None
+    # co-trained: the pack it runs in and its share of the pack's gang (1/members at the start).
+    # ``cpus_per_worker`` and ``gpus_per_worker`` are then the share's (a pack's members add up
+    # to its gang), so placements, free resources and quotas count each member by its share.
+    pack: str | None = None
+    share: float = 1.0
 
     @property
     def cpus(self) -> float:
@@ -109,4 +117,6 @@ class Decision:
     preempt_for: str | None = None
     reserved_for: str | None = None  # the blocked head job that backfill works around
     never_fits: Mapping[str, str] = field(default_factory=dict)  # job id -> check_admissible reason
+    # co-training (:mod:`.packing`): a job of ``start`` -> the queued jobs that train in its gang
+    packs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     considered: int = 0  # queued jobs examined (the benchmark's unit of work)

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..auth import Caller, Forbidden
+from ..cotrain.compat import scheduler_pack_key
 from ..errors import JobNotFound, SpecError
 from ..estimate.live import LiveEstimates
 from ..events import Event, GroupStarted, RunOutcome, RunState, Step
@@ -86,8 +87,10 @@ class SchedulerCore:
             self.jobs[record.job_id] = record
             self.logs.open(record.job_id)
             now = self.clock.now()
+            if not record.state.is_terminal() and "pack_key" not in record.model_fields_set:
+                record.pack_key = _pack_key_of(record)  # a record from before co-training
             if record.state is JobState.RUNNING:
-                self.launcher.kill_leftover(record.job_id)
+                self.launcher.kill_leftover(record.pack or record.job_id)  # a pack's runner is named by its pack
                 self._release(record)
                 adapter = self._published_adapter(record)
                 if adapter is not None:  # it finished publishing just before the old scheduler died
@@ -143,7 +146,7 @@ class SchedulerCore:
             job_id=job_id or new_job_id(spec.name), tenant=spec.tenant, name=spec.name,
             spec=spec.model_dump(mode="json"), priority=job_priority(self.tenants, spec.tenant, spec.priority),
             workers=r.workers, cpus_per_worker=r.cpus_per_worker, gpus_per_worker=r.gpus_per_worker,
-            submitted_at=self.clock.now(), state=JobState.QUEUED,
+            submitted_at=self.clock.now(), state=JobState.QUEUED, pack_key=scheduler_pack_key(spec),
         )
         problems = trust_problems(spec, self.tenants, self.store.root)
         capacity = self.capacity.cluster(()) if not problems else None  # totals: could it ever fit
@@ -346,7 +349,12 @@ class SchedulerCore:
                 if record.state is not JobState.QUEUED:  # never: the index follows every transition
                     queue.remove(job_id)
                     continue
-                self._start(record, now, decision.placements.get(job_id, ()))
+                members = [self.jobs[m] for m in decision.packs.get(job_id, ())
+                           if self.jobs[m].state is JobState.QUEUED]
+                if members:
+                    self._start_pack([record, *members], now, decision.placements.get(job_id, ()))
+                else:
+                    self._start(record, now, decision.placements.get(job_id, ()))
             if not decision.start and decision.reserved_for is None:
                 self._grow_shrunk(now)
             # with autoscaling on, a head that fits no node now is waiting for nodes too; on a full
@@ -371,16 +379,52 @@ class SchedulerCore:
         self._log(record.job_id, f"started: {record.workers} worker(s)")
         self.records.save(record)
 
-    def _launch(self, record: JobRecord, now: float, workers: int, placement) -> bool:
-        """Start a run of the job on ``workers`` workers (planned on ``placement``); False when
-        its spec no longer validates (it has failed then)."""
+    def _start_pack(self, records: list[JobRecord], now: float, placement=()) -> None:
+        """Start ``records`` (the first's gang, chosen by ``policy.packing``) as one co-trained
+        pack: one runner, each member its own job (state, events, checkpoints, adapter)."""
+        specs = [(r, self._run_spec(r)) for r in records]
+        members = [(r, spec) for r, spec in specs if spec is not None]
+        if len(members) < 2:
+            for r, _ in members:
+                self._start(r, now, placement)
+            return
+        pack_id = f"pack-{members[0][0].job_id}-{members[0][0].attempts + 1}"
+        self.launcher.start_pack(pack_id, [(r.job_id, spec) for r, spec in members], self.store.root,
+                                 **({"placement": tuple(placement)} if placement else {}))
+        k = len(members)
+        for r, _ in members:
+            self.live[r.job_id] = LiveRun(last_progress=now)
+            r.placement_groups, r.worker_nodes, r.run_workers = [], [], None
+            r.placement = [(n, w) for n, w in placement]
+            r.pack, r.pack_members = pack_id, k
+            r.estimate = {"at_start_s": self.estimates.started(r)}
+            r.attempts += 1
+            self.metrics.for_tenant(self.metrics.queue_wait, r.tenant).observe(max(0.0, now - r.submitted_at))
+            r.transition(JobState.RUNNING, now, EventKind.STARTED,
+                         f"started with {r.workers} worker(s) (attempt {r.attempts}), co-trained: one of {k} jobs "
+                         f"sharing the gang and base, charged 1/{k} of it")
+            self._moved(r)
+            self._log(r.job_id, f"started: {r.workers} worker(s), co-trained in a pack of {k}")
+            self.records.save(r)
+
+    def _run_spec(self, record: JobRecord) -> JobSpec | None:
+        """The job's validated spec; None when it no longer validates (it has failed then)."""
         spec = self._specs.get(record.job_id)
         if spec is None:  # recovered: validated once, at its first start under this scheduler
             try:
                 spec = self._specs[record.job_id] = validate_spec(record.spec)
             except SpecError as e:  # a record older than a change to the schema: it can never run
                 self._finish(record.job_id, RunOutcome.failed(f"{type(e).__name__}: {e}"))
-                return False
+                return None
+        return spec
+
+    def _launch(self, record: JobRecord, now: float, workers: int, placement) -> bool:
+        """Start a run of the job on ``workers`` workers (planned on ``placement``); False when
+        its spec no longer validates (it has failed then)."""
+        spec = self._run_spec(record)
+        if spec is None:
+            return False
+        record.pack = record.pack_members = None  # alone
         if workers != spec.resources.workers:  # an elastic job on fewer workers: same global batch
             spec = spec.model_copy(update={"resources": spec.resources.model_copy(update={"workers": workers})})
         pinned = {"placement": tuple(placement)} if placement else {}  # only per-node clusters have one
@@ -618,9 +662,12 @@ class SchedulerCore:
         self.logs.add(job_id, self.clock.now(), line)
 
     def _release(self, record: JobRecord) -> None:
-        """Free the placement groups of the job's (stopped) workers now."""
+        """Free the placement groups of the job's (stopped) workers now; a pack member's gang
+        only once no other member of its pack runs (the pack's runner holds it till then)."""
         if record.placement_groups:
-            self.launcher.release(record.placement_groups)
+            if record.pack is None or not any(
+                    self.jobs[j].pack == record.pack for j in self.live if j != record.job_id):
+                self.launcher.release(record.placement_groups)
             record.placement_groups = []
 
     def _persist(self, record: JobRecord) -> None:
@@ -631,3 +678,11 @@ class SchedulerCore:
     @staticmethod
     def _duration(record: JobRecord) -> float | None:
         return (record.ended_at - record.started_at) if record.started_at and record.ended_at else None
+
+
+def _pack_key_of(record: JobRecord) -> str | None:
+    """A recovered record's pack key (None when its spec no longer validates: it fails at start)."""
+    try:
+        return scheduler_pack_key(validate_spec(record.spec))
+    except SpecError:
+        return None

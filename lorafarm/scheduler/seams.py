@@ -33,6 +33,12 @@ class Launcher(Protocol):
         ((node id, workers), ...), given only on a per-node cluster, is where its workers must run."""
         ...
 
+    def start_pack(self, pack_id: str, members: list[tuple[str, JobSpec]], store_root: str, placement=()) -> None:
+        """Start one runner training ``members`` ((job id, spec), ...) as a co-trained pack on one
+        gang; from then on each member is polled, preempted and killed by its own job id (a
+        member killed or preempted leaves the pack; the others go on)."""
+        ...
+
     def poll(self, job_id: str) -> RunOutcome | None:
         """How the run ended, or None while it runs. A runner that died is
         ``RunOutcome.failed("runner died: ...")``."""

@@ -94,6 +94,11 @@ class JobRecord(BaseModel):
     run_workers: int | None = None  # workers of the current run when an elastic job runs smaller than ``workers``
     placement: list[tuple[str, int]] = Field(default_factory=list)  # (node id, workers there) of the current run
     worker_nodes: list[dict[str, Any]] = Field(default_factory=list)  # per rank: node_id, ip (as workers report)
+    # co-training: the key of packs it may join (None: never packed; see cotrain.compat), and
+    # the pack of its current or last run (its id, and how many jobs shared the gang at the start)
+    pack_key: str | None = None
+    pack: str | None = None
+    pack_members: int | None = None
     events: list[JobEvent] = Field(default_factory=list)
     revision: int = 0  # saves so far: recovery keeps the newest copy (own file or batch file, see .records)
 
@@ -130,17 +135,21 @@ class JobRecord(BaseModel):
                           cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
                           priority=self.priority, submitted_at=self.submitted_at,
                           estimated_duration=estimated_duration,
-                          spread=r.get("placement") == "spread", accelerator_type=r.get("accelerator_type"))
+                          spread=r.get("placement") == "spread", accelerator_type=r.get("accelerator_type"),
+                          pack_key=self.pack_key)
 
     def running(self, now: float) -> RunningJob:
         """The job as the policy sees it while it holds resources (its current size and nodes,
-        and the duration estimated when it started, so the policy knows when it should end)."""
+        and the duration estimated when it started, so the policy knows when it should end); a
+        pack member holds its share of the pack's gang (1/members at the start)."""
+        k = self.pack_members if self.pack is not None and self.pack_members else 1
         return RunningJob(job_id=self.job_id, tenant=self.tenant, workers=self.run_workers or self.workers,
-                          cpus_per_worker=self.cpus_per_worker, gpus_per_worker=self.gpus_per_worker,
+                          cpus_per_worker=self.cpus_per_worker / k, gpus_per_worker=self.gpus_per_worker / k,
                           priority=self.priority, submitted_at=self.submitted_at,
                           started_at=self.started_at or now, placement=tuple((n, k) for n, k in self.placement),
                           estimated_duration=(self.estimate or {}).get("at_start_s"),
-                          accelerator_type=(self.spec.get("resources") or {}).get("accelerator_type"))
+                          accelerator_type=(self.spec.get("resources") or {}).get("accelerator_type"),
+                          pack=self.pack if k > 1 else None, share=1.0 / k)
 
     def summary(self) -> dict[str, Any]:
         """The ``status --json`` object."""
@@ -163,4 +172,5 @@ class JobRecord(BaseModel):
             "estimate": self.estimate,
             "run_workers": self.run_workers or self.workers if self.state is JobState.RUNNING else None,
             "nodes": self.worker_nodes if self.state is JobState.RUNNING else [],
+            "pack_members": self.pack_members,  # co-trained: jobs sharing its gang (never which); None alone
         }

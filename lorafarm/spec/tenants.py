@@ -72,6 +72,9 @@ class Tenant(_Strict):
     priorities: list[Name] | None = Field(None, description="Priority classes this tenant may use (absent = all).")
     default_priority: Name | None = Field(None, description="Class of a job that names none (absent = the file's).")
     allow_trust_remote_code: bool = Field(False, description="Let this tenant's jobs run a base model's own code.")
+    co_training: bool = Field(False, description="Let this tenant's jobs be co-trained: run in one process with other "
+                              "co-training tenants' jobs on a shared base (each adapter as if alone; tenants that "
+                              "share a process trust each other). A job opts out with training.co_train: never.")
     keys: list[KeyDigest] = Field(default_factory=list, description="sha256 digests of this tenant's API keys "
                                   "(`python -m lorafarm.auth` makes a key and its digest).")
     allowed_uris: list[UriPrefix] | None = Field(None, description="URI prefixes this tenant's specs may read "
@@ -85,6 +88,8 @@ class PolicySettings(_Strict):
     )
     backfill: bool = Field(True, description="Start smaller jobs around a blocked head job, never delaying it.")
     preemption: bool = Field(False, description="A blocked job may stop running jobs of a lower class.")
+    co_training_max_members: int = Field(
+        4, ge=1, le=64, description="Most jobs one co-trained pack holds (1 = never pack).")
 
 
 class TenantsConfig(_Strict):
@@ -128,6 +133,9 @@ class TenantsConfig(_Strict):
 
     def quota(self, name: str) -> Quota:
         return self._entry(name).quota
+
+    def co_training(self, name: str) -> bool:
+        return self._entry(name).co_training
 
     def quota_dict(self, name: str) -> dict[str, float | int | None]:
         return self._entry(name).quota.model_dump()
