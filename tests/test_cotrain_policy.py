@@ -183,3 +183,19 @@ def test_preempted_member_requeues_alone(tmp_path):
     core.tick()
     assert core.status(a)["state"] == "QUEUED" and core.status(a)["last_checkpoint_step"] == 3
     assert core.status(b)["state"] == "RUNNING"
+
+
+def test_a_failed_pack_gang_requeues_its_members_alone_but_a_members_own_failure_fails_it(tmp_path):
+    from lorafarm.cotrain.compat import PACK_FAILED
+
+    launcher = FakeLauncher()
+    core = make_core(tmp_path / "store", CORE_TENANTS, FakeClock(), launcher, FakeCapacity(cpus=1))
+    a, b = (core.submit(spec(t, f"j{t}"))["job_id"] for t in ("a", "b"))
+    core.tick()
+    launcher.end(b, RunOutcome.failed("bad.jsonl line 301: not JSON"))  # its own data: it fails alone
+    launcher.end(a, RunOutcome.failed(PACK_FAILED + "RayActorError: a worker died"))
+    core.tick()
+    assert core.status(b)["state"] == "FAILED"
+    assert any("re-queued to run alone" in e["message"] for e in core.events(a))
+    assert launcher.started == [a] and core.status(a)["pack_members"] is None  # restarted alone at once
+    assert core.jobs[a].pack_key is None  # and never packed again

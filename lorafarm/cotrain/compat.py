@@ -14,6 +14,8 @@ import json
 
 from ..spec import JobSpec
 
+PACK_FAILED = "the pack failed: "  # how a failure of the whole pack (not of one member's own) begins
+
 
 def seq_bucket(seq_len: int) -> int:
     """The power of two at or above ``seq_len``: jobs of one bucket pad alike."""

@@ -20,7 +20,7 @@ from ..events import DataReady, Done, Event, Phase, Preempted, RunOutcome, RunSt
 from ..spec import JobSpec
 from ..storage import Store, new_job_id
 from ..worker.recipe import WorkerConfig
-from .compat import pack_problems
+from .compat import PACK_FAILED, pack_problems
 
 PackProgressFn = Callable[[str, Event], None]
 
@@ -139,8 +139,8 @@ def _train(configs: list[WorkerConfig], notify: PackProgressFn) -> dict[str, Run
             out[c.job_id] = RunOutcome(RunState.SUCCEEDED, adapter_uri=c.adapter_uri, metrics=d.manifest["metrics"],
                                        manifest=d.manifest)
         else:
-            out[c.job_id] = JobFailed(errors.get(c.job_id)
-                                      or _reason(fit_error[0] if fit_error else None) or "training ended without an adapter")
+            out[c.job_id] = JobFailed(errors.get(c.job_id) or PACK_FAILED + (
+                _reason(fit_error[0] if fit_error else None) or "training ended without an adapter"))
     return out
 
 
@@ -187,5 +187,5 @@ def pack_loop_per_worker(config: dict[str, Any]) -> None:
         reason = str(e) if isinstance(e, LorafarmError) else f"{type(e).__name__}: {e}"
         for m in recipe.members:
             if m.state == "training":
-                recipe.send(m, WorkerError(reason=f"the pack failed: {reason}"))
+                recipe.send(m, WorkerError(reason=PACK_FAILED + reason))
         raise

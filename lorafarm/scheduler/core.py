@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from ..auth import Caller, Forbidden
-from ..cotrain.compat import scheduler_pack_key
+from ..cotrain.compat import PACK_FAILED, scheduler_pack_key
 from ..errors import JobNotFound, SpecError
 from ..estimate.live import LiveEstimates
 from ..events import Event, GroupStarted, RunOutcome, RunState, Step
@@ -305,6 +305,10 @@ class SchedulerCore:
                 record.last_checkpoint_step = outcome.step
                 self._resize(record, now, f"capacity returned: growing at checkpoint step {outcome.step}")
                 return
+            if outcome.state is RunState.FAILED and record.pack is not None and (outcome.reason or "").startswith(
+                    PACK_FAILED):  # the shared gang failed, not this job: it runs again, alone, as it would have
+                self._pack_failed(record, outcome.reason or "", now)
+                return
             if outcome.state is RunState.PREEMPTED:
                 record.last_checkpoint_step = outcome.step
                 record.progress = {}
@@ -406,6 +410,21 @@ class SchedulerCore:
             self._moved(r)
             self._log(r.job_id, f"started: {r.workers} worker(s), co-trained in a pack of {k}")
             self.records.save(r)
+
+    def _pack_failed(self, record: JobRecord, reason: str, now: float) -> None:
+        """The pack's gang failed (a dead worker, an out-of-memory kill): alone, Ray Train would
+        have restarted the job's workers from its checkpoint. The member is re-queued to run
+        alone (never packed again), resuming from its own latest checkpoint."""
+        record.pack_key = None
+        record.last_checkpoint_step = self._checkpoint_step(record) or record.last_checkpoint_step
+        step = record.last_checkpoint_step
+        record.progress = {}
+        record.transition(JobState.QUEUED, now, EventKind.FAILURE,
+                          f"{reason[:500]}; re-queued to run alone, resumes from "
+                          + (f"checkpoint step {step}" if step else "the start (no checkpoint)"))
+        self._moved(record)
+        self._log(record.job_id, "its pack failed; re-queued to run alone")
+        self._persist(record)
 
     def _run_spec(self, record: JobRecord) -> JobSpec | None:
         """The job's validated spec; None when it no longer validates (it has failed then)."""

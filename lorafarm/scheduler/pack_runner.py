@@ -44,6 +44,7 @@ class PackRunner:
     def run(self, members: list[tuple[str, JobSpec]], store_root: str, scheduler_handle, placement=()) -> None:
         """Train the members as one pack; each member's outcome is kept for :meth:`outcome`.
         Never raises: a failure of the whole pack is every unfinished member's failure."""
+        from ..cotrain.compat import PACK_FAILED
         from ..cotrain.launch import run_pack
         from ..errors import JobFailed
         from ..storage import Store
@@ -66,7 +67,7 @@ class PackRunner:
             results = run_pack([s for _, s in members], store, job_ids=ids, on_progress=on_progress,
                                controls={j: MemberControl(me, j) for j in ids})
         except Exception as e:  # noqa: BLE001 - any failure ends these jobs only
-            results = {j: RunOutcome.failed(f"the pack failed: {type(e).__name__}: {e}") for j in ids}
+            results = {j: RunOutcome.failed(f"{PACK_FAILED}{type(e).__name__}: {e}") for j in ids}
         for job_id, result in results.items():
             self._end(job_id, RunOutcome.failed(result.reason) if isinstance(result, JobFailed) else result)
 
