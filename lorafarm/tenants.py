@@ -12,6 +12,7 @@ One YAML file, read by ``lorafarm serve --tenants``; every problem is reported a
       backfill: true                # start smaller jobs around a blocked head without delaying it
       preemption: false             # a higher class may stop lower-class running jobs
       co_training_max_members: 4    # most jobs in one co-trained pack (1 = never pack)
+      co_training_join_after_s: 300 # a running pack takes in waiting compatible jobs after this long
     tenants:
       default:                      # required unless unknown_tenants is reject
         weight: 1                   # fair-share weight (> 0)

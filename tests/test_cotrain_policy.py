@@ -66,6 +66,7 @@ def test_member_cap():
 
 def test_a_pack_never_exceeds_any_member_tenants_quota_on_random_queues():
     tenants = load_tenants("""
+policy: {co_training_join_after_s: 0}
 tenants:
   default: {weight: 1}
   p: {co_training: true, quota: {cpus: 3, workers: 2}}
@@ -74,17 +75,26 @@ tenants:
   s: {quota: {cpus: 4}}
 """)
     rng = random.Random(7)
-    packed = 0
+    packed = regrouped = 0
     for trial in range(300):
         queued = [JobRequest(f"j{i}", rng.choice("pqrs"), rng.choice((1, 2)), rng.choice((1.0, 2.0)), 0.0, "normal",
                              float(i), pack_key=rng.choice(("k1", "k2", None))) for i in range(rng.randint(1, 12))]
-        running = [member_view(job(f"x{i}", "p"), 2, f"x{i}", t, "normal", 0.0, 0.0, pack="P") for i, t in
-                   enumerate(rng.sample("pqr", rng.randint(0, 2)))]
+        running_key = rng.choice(("k1", "k2"))
+        running = [member_view(job(f"x{i}", "p"), 2, f"x{i}", t, "normal", 0.0, 0.0, pack="P", pack_key=running_key)
+                   for i, t in enumerate(rng.sample("pqr", 2))] if rng.random() < 0.6 else []
         total = rng.choice((2.0, 4.0, 8.0))
         free = total - sum(r.cpus for r in running)
         d = decide(queued, running, ClusterState(total, 0.0, free, 0.0), tenants, 100.0)
         by_id = {j.job_id: j for j in queued}
         views = list(running)
+        for joiners in d.regroup.values():  # the pack starts again with them: every share is 1/(2 + joiners)
+            regrouped += 1
+            k = len(running) + len(joiners)
+            gang = job("g", "p", cpus=2.0)
+            views = [member_view(gang, k, r.job_id, r.tenant, "normal", 0.0, 0.0, pack="P") for r in running]
+            views += [member_view(gang, k, j, by_id[j].tenant, "normal", 0.0, 0.0, pack="P") for j in joiners]
+            assert all(by_id[j].pack_key == running_key and tenants.co_training(by_id[j].tenant) for j in joiners)
+            assert all(j not in d.start and j not in {m for ms in d.packs.values() for m in ms} for j in joiners)
         for lead in d.start:
             members = [lead, *d.packs.get(lead, ())]
             packed += len(members) > 1
@@ -101,7 +111,7 @@ tenants:
         for j in queued:
             index.put(j, 100.0)
         assert index.decide(running, ClusterState(total, 0.0, free, 0.0), 100.0) == d  # the queue's path agrees
-    assert packed > 25  # the property was exercised
+    assert packed > 25 and regrouped > 25  # the property was exercised
 
 
 def test_preemption_takes_a_pack_whole_or_not_at_all():
@@ -199,3 +209,56 @@ def test_a_failed_pack_gang_requeues_its_members_alone_but_a_members_own_failure
     assert any("re-queued to run alone" in e["message"] for e in core.events(a))
     assert launcher.started == [a] and core.status(a)["pack_members"] is None  # restarted alone at once
     assert core.jobs[a].pack_key is None  # and never packed again
+
+
+JOIN_TENANTS = CORE_TENANTS.replace("tenants:\n", "policy: {co_training_join_after_s: 60}\ntenants:\n", 1)
+
+
+def long_spec(tenant, name):
+    """Long enough (by its estimate) that regrouping its pack is worth a restart."""
+    s = spec(tenant, name)
+    s["training"]["max_steps"] = 100_000
+    return s
+
+
+def test_a_waiting_job_joins_a_running_pack_by_regrouping_it(tmp_path):
+    clock, launcher = FakeClock(), FakeLauncher()
+    core = make_core(tmp_path / "store", JOIN_TENANTS, clock, launcher, FakeCapacity(cpus=1))
+    a, b = (core.submit(long_spec(t, f"j{t}"))["job_id"] for t in ("a", "b"))
+    core.tick()
+    late = core.submit(long_spec("a", "late"))["job_id"]
+    core.tick()
+    assert launcher.preempted == []  # the pack has not run co_training_join_after_s yet
+    clock.advance(61)
+    core.tick()
+    assert sorted(launcher.preempted) == sorted([a, b])  # every member checkpoints, once
+    assert "2 more job(s)" not in core.events(a)[-1]["message"] and "1 more job(s) join" in core.events(a)[-1]["message"]
+    core.tick()
+    assert sorted(launcher.preempted) == sorted([a, b])
+    launcher.end(a, RunOutcome(RunState.PREEMPTED, step=5))
+    core.tick()
+    assert core.status(a)["state"] == "RUNNING"  # holds its share until the whole pack has checkpointed
+    assert core.status(late)["state"] == "QUEUED"
+    launcher.end(b, RunOutcome(RunState.PREEMPTED, step=5))
+    core.tick()
+    assert [sorted(m) for _, m in launcher.packs] == [sorted([a, b]), sorted([a, b, late])]
+    assert all(core.status(j)["pack_members"] == 3 for j in (a, b, late))
+    assert core.status(a)["last_checkpoint_step"] == 5
+    usage = {r["tenant"]: r["usage"]["cpus"] for r in core.tenants_usage()}
+    assert abs(usage["a"] - 2 / 3) < 1e-9 and abs(usage["b"] - 1 / 3) < 1e-9
+    assert core.metrics.preemptions.labels("a")._value.get() == 0  # a regroup is not a preemption
+
+
+def test_no_regroup_for_tenants_without_co_training_or_a_full_pack(tmp_path):
+    clock, launcher = FakeClock(), FakeLauncher()
+    capped = JOIN_TENANTS.replace("co_training_join_after_s: 60", "co_training_join_after_s: 60, "
+                                  "co_training_max_members: 2")
+    core = make_core(tmp_path / "store", capped, clock, launcher, FakeCapacity(cpus=1))
+    for t in ("a", "b"):
+        core.submit(long_spec(t, f"j{t}"))
+    core.tick()
+    core.submit(long_spec("c", "no-co"))
+    core.submit(long_spec("a", "full"))
+    clock.advance(120)
+    core.tick()
+    assert launcher.preempted == []

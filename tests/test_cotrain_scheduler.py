@@ -18,10 +18,12 @@ from test_scheduler_tenants import _jobs, _submit_all
 pytestmark = pytest.mark.integration
 
 TENANTS = textwrap.dedent("""
+    policy: {co_training_join_after_s: 0}
     tenants:
       default: {weight: 1}
       alpha: {co_training: true}
       beta:  {co_training: true, quota: {cpus: 1}}
+      delta: {co_training: true}
       gamma: {}
       ops:   {}
 """)
@@ -40,19 +42,43 @@ def _adapter(job: dict) -> dict[str, torch.Tensor]:
     return load_file(str(Path(job["adapter_uri"].removeprefix("file://")) / "adapter_model.safetensors"))
 
 
-@pytest.mark.timeout(900)
-def test_a_pack_through_the_scheduler_member_cancelled_halfway_the_other_equals_alone(serve_cluster):
-    head = serve_cluster(TENANTS, 3)  # 2 CPUs for jobs (one kept for Ray Data)
-    data = head.tmp / "small.jsonl"
-    blocker = _submit_all(head, [_spec("ops", "blocker", data, steps=2000, cpus=2)])[0]
+@pytest.fixture(scope="module")
+def head(serve_cluster):
+    return serve_cluster(TENANTS, 3)  # 2 CPUs for jobs (one kept for Ray Data)
+
+
+def _after_blocker(head, specs: list[dict]) -> list[str]:
+    """Submit ``specs`` while a blocker holds the cluster, then cancel it: they are queued together."""
+    blocker = _submit_all(head, [_spec("ops", "blocker", head.tmp / "small.jsonl", steps=2000, cpus=2)])[0]
     wait_for(lambda: _jobs(head)[blocker]["state"] == "RUNNING", 120, "the blocker to start")
+    ids = _submit_all(head, specs)
+    assert all(_jobs(head)[j]["state"] == "QUEUED" for j in ids)
+    head.lorafarm("cancel", blocker, check=True)
+    return ids
+
+
+def _ended(head, ids, timeout=600) -> dict[str, dict]:
+    def ended():
+        jobs = _jobs(head)
+        return jobs if all(jobs[i]["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for i in ids) else None
+
+    return wait_for(ended, timeout, f"{len(ids)} jobs to end", interval=2.0)
+
+
+def _worst(ours: dict, alone: dict) -> float:
+    assert ours.keys() == alone.keys()
+    return max(((ours[n] - alone[n]).norm() / alone[n].norm().clamp_min(1e-12)).item() for n in ours)
+
+
+@pytest.mark.timeout(900)
+def test_a_pack_through_the_scheduler_member_cancelled_halfway_the_other_equals_alone(head):
+    data = head.tmp / "small.jsonl"
     # alpha: a longer job of another rank and learning rate, cancelled halfway; beta and gamma:
     # the same spec, beta co-trained,
     # gamma alone (its tenant does not co-train)
-    alpha, beta, gamma = _submit_all(head, [_spec("alpha", "a-long", data, steps=40, r=4, lr=5e-3),
-                                            _spec("beta", "b-same", data, steps=8), _spec("gamma", "g-same", data, steps=8)])
-    assert all(_jobs(head)[j]["state"] == "QUEUED" for j in (alpha, beta, gamma))
-    head.lorafarm("cancel", blocker, check=True)
+    alpha, beta, gamma = _after_blocker(head, [_spec("alpha", "a-long", data, steps=40, r=4, lr=5e-3),
+                                               _spec("beta", "b-same", data, steps=8),
+                                               _spec("gamma", "g-same", data, steps=8)])
 
     wait_for(lambda: all(_jobs(head)[j]["state"] == "RUNNING" for j in (alpha, beta)), 120, "the pack to start")
     jobs = _jobs(head)
@@ -63,12 +89,7 @@ def test_a_pack_through_the_scheduler_member_cancelled_halfway_the_other_equals_
     head.lorafarm("cancel", alpha, check=True)  # halfway: alpha leaves, beta trains on in the pack
     assert _jobs(head)[beta]["state"] == "RUNNING"
 
-    def ended():
-        jobs = _jobs(head)
-        return jobs if all(jobs[i]["state"] in ("SUCCEEDED", "FAILED", "CANCELLED") for i in (alpha, beta, gamma)) \
-            else None
-
-    done = wait_for(ended, 600, "the three jobs to end", interval=2.0)
+    done = _ended(head, (alpha, beta, gamma))
     assert done[alpha]["state"] == "CANCELLED"
     assert done[beta]["state"] == "SUCCEEDED", done[beta]["reason"]
     assert done[gamma]["state"] == "SUCCEEDED", done[gamma]["reason"]
@@ -78,8 +99,33 @@ def test_a_pack_through_the_scheduler_member_cancelled_halfway_the_other_equals_
     started = [e["message"] for e in events if e["kind"] == "started"]
     assert started and "co-trained: one of 2 jobs" in started[-1] and alpha not in " ".join(e["message"] for e in events)
 
-    ours, alone = _adapter(done[beta]), _adapter(done[gamma])
-    assert ours.keys() == alone.keys()
-    worst = max(((ours[n] - alone[n]).norm() / alone[n].norm().clamp_min(1e-12)).item() for n in ours)
+    worst = _worst(_adapter(done[beta]), _adapter(done[gamma]))
     print(f"co-trained vs alone, worst relative difference: {worst:.2e}")
     assert worst <= 1e-5
+
+
+@pytest.mark.timeout(900)
+def test_a_waiting_job_joins_a_running_pack_and_every_adapter_still_equals_alone(head):
+    data = head.tmp / "small.jsonl"
+    alpha, beta, gamma = _after_blocker(head, [_spec("alpha", "a-join", data, steps=40, r=4, lr=5e-3),
+                                               _spec("beta", "b-join", data, steps=8),
+                                               _spec("gamma", "g-join", data, steps=8)])
+    wait_for(lambda: (_jobs(head)[beta].get("progress") or {}).get("step", 0) >= 2, 240, "the pack's step 2")
+    # the cluster is full (the pack and gamma): delta waits, then joins the running pack
+    (delta,) = _submit_all(head, [_spec("delta", "d-join", data, steps=8)])
+    wait_for(lambda: _jobs(head)[delta]["state"] == "RUNNING", 240, "delta to join the pack")
+    jobs = _jobs(head)
+    assert all(jobs[j]["pack_members"] == 3 for j in (alpha, beta, delta)), {j: jobs[j]["pack_members"]
+                                                                                for j in (alpha, beta, delta)}
+    events = [json.loads(line) for line in head.lorafarm("events", beta, "--json", check=True).stdout.splitlines()]
+    assert any("join its pack" in e["message"] for e in events)
+    assert any("for its pack to take in new members" in e["message"] for e in events)
+    done = _ended(head, (beta, gamma, delta))
+    assert all(done[j]["state"] == "SUCCEEDED" for j in (beta, gamma, delta)), {
+        j: (done[j]["state"], done[j]["reason"]) for j in (beta, gamma, delta)}
+    head.lorafarm("cancel", alpha, check=True)
+    alone = _adapter(done[gamma])
+    worst = {"beta (regrouped)": _worst(_adapter(done[beta]), alone), "delta (joined)": _worst(_adapter(done[delta]),
+                                                                                            alone)}
+    print(f"joined a running pack vs alone, worst relative differences: {worst}")
+    assert max(worst.values()) <= 1e-5

@@ -137,6 +137,7 @@ class QueueIndex:
         if not self._packable:
             return decision
         keys = {j.pack_key for j in map(self._jobs.get, decision.start) if j is not None and j.pack_key is not None}
+        keys.update(r.pack_key for r in running if r.pack_key is not None)  # running packs new jobs may join
         packable = {k: sorted(self._packable[k].values(), key=lambda j: (j.submitted_at, j.job_id))
                     for k in keys if k in self._packable}
         return form_packs(decision, self._jobs.get, packable, running, self.tenants, now)

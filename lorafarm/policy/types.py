@@ -57,6 +57,7 @@ class RunningJob:
     # to its gang), so placements, free resources and quotas count each member by its share.
     pack: str | None = None
     share: float = 1.0
+    pack_key: str | None = None  # a pack member's: queued jobs of equal key may join its pack
 
     @property
     def cpus(self) -> float:
@@ -119,4 +120,7 @@ class Decision:
     never_fits: Mapping[str, str] = field(default_factory=dict)  # job id -> check_admissible reason
     # co-training (:mod:`.packing`): a job of ``start`` -> the queued jobs that train in its gang
     packs: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # co-training: a running pack -> the queued jobs that may join it: its members checkpoint at
+    # the next step boundary, and the pack starts again with them (each member resumes exactly)
+    regroup: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     considered: int = 0  # queued jobs examined (the benchmark's unit of work)

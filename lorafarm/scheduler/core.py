@@ -63,6 +63,7 @@ class SchedulerCore:
         self.index = JobIndex(tenants)  # queued (in policy order) and running jobs, counts: no scans per tick
         self._specs: dict[str, JobSpec] = {}  # job id -> its validated spec, until it ends (validated once)
         self.live: dict[str, LiveRun] = {}  # job id -> its current run, while RUNNING
+        self._regroup_wait: dict[str, list[JobRecord]] = {}  # pack id -> members checkpointed to regroup, till all have
         self.logs = JobLogs()
         self.metrics = Metrics()
         self.chargeback = Chargeback(self.metrics, clock.now())
@@ -309,6 +310,10 @@ class SchedulerCore:
                     PACK_FAILED):  # the shared gang failed, not this job: it runs again, alone, as it would have
                 self._pack_failed(record, outcome.reason or "", now)
                 return
+            if outcome.state is RunState.PREEMPTED and run is not None and run.regrouping:
+                record.last_checkpoint_step = outcome.step
+                self._regrouped(record, now)
+                return
             if outcome.state is RunState.PREEMPTED:
                 record.last_checkpoint_step = outcome.step
                 record.progress = {}
@@ -367,6 +372,8 @@ class SchedulerCore:
             if head is None and not decision.start and self.autoscaler.enabled and len(queue):
                 head = min(queue.jobs(), key=lambda j: j.submitted_at).job_id
             self._ask_for_nodes(head, now)
+            for pack_id, joiners in decision.regroup.items():
+                self._regroup(pack_id, len(joiners), now)
             if decision.preempt and not any(run.preempting for run in self.live.values()):
                 for job_id in decision.preempt:  # one preemption at a time: victims free first
                     self._preempt(self.jobs[job_id], decision.preempt_for, now)
@@ -410,6 +417,38 @@ class SchedulerCore:
             self._moved(r)
             self._log(r.job_id, f"started: {r.workers} worker(s), co-trained in a pack of {k}")
             self.records.save(r)
+
+    def _regroup(self, pack_id: str, joiners: int, now: float) -> None:
+        """Ask every member of a running pack to checkpoint at its next step boundary, so that
+        the pack starts again with ``joiners`` waiting jobs (``policy.packing``'s regroup)."""
+        members = [(self.jobs[j], run) for j, run in self.live.items() if self.jobs[j].pack == pack_id]
+        if not members or any(run.preempting for _, run in members):
+            return  # already checkpointing (for this or another reason)
+        for record, run in members:
+            run.preempting = run.regrouping = True
+            self.launcher.preempt(record.job_id)
+            record.note(now, EventKind.PREEMPTING, f"checkpoint at the next step boundary: {joiners} more job(s) join "
+                        "its pack, which starts again with them (it resumes from that checkpoint)")
+            self._log(record.job_id, f"regrouping its pack: {joiners} job(s) join")
+            self.records.save(record)
+
+    def _regrouped(self, record: JobRecord, now: float) -> None:
+        """A member checkpointed for its pack to regroup. It holds its share of the gang until
+        every member has, then all go back to the queue together (with the newcomers there, the
+        next decision packs them again)."""
+        self._regroup_wait.setdefault(record.pack, []).append(record)
+        if any(self.jobs[j].pack == record.pack for j in self.live):
+            return  # others still checkpointing: the gang is still held
+        for r in self._regroup_wait.pop(record.pack):
+            if r.state is not JobState.RUNNING or r.job_id in self.live:
+                continue  # cancelled, or restarted after a node loss, while it waited
+            step = r.last_checkpoint_step
+            r.progress = {}
+            r.transition(JobState.QUEUED, now, EventKind.PREEMPTED,
+                         f"checkpoint at step {step} for its pack to take in new members; re-queued, resumes from it")
+            self._moved(r)
+            self._log(r.job_id, f"checkpointed at step {step} to regroup its pack; re-queued")
+            self._persist(r)
 
     def _pack_failed(self, record: JobRecord, reason: str, now: float) -> None:
         """The pack's gang failed (a dead worker, an out-of-memory kill): alone, Ray Train would

@@ -34,6 +34,7 @@ class LiveRun:
     group_starts: int = 0  # worker-group starts in this run (more than one: restarted after a failure)
     preempting: bool = False  # asked to checkpoint and stop, not stopped yet
     growing: bool = False  # that stop is for a shrunk elastic job to restart larger
+    regrouping: bool = False  # that stop is for its pack to start again with new members
 
 
 def data_line(stats: dict) -> str:

@@ -149,7 +149,8 @@ class JobRecord(BaseModel):
                           started_at=self.started_at or now, placement=tuple((n, k) for n, k in self.placement),
                           estimated_duration=(self.estimate or {}).get("at_start_s"),
                           accelerator_type=(self.spec.get("resources") or {}).get("accelerator_type"),
-                          pack=self.pack if k > 1 else None, share=1.0 / k)
+                          pack=self.pack if k > 1 else None, share=1.0 / k,
+                          pack_key=self.pack_key if k > 1 else None)
 
     def summary(self) -> dict[str, Any]:
         """The ``status --json`` object."""

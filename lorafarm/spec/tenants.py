@@ -90,6 +90,9 @@ class PolicySettings(_Strict):
     preemption: bool = Field(False, description="A blocked job may stop running jobs of a lower class.")
     co_training_max_members: int = Field(
         4, ge=1, le=64, description="Most jobs one co-trained pack holds (1 = never pack).")
+    co_training_join_after_s: float = Field(
+        300.0, ge=0, description="A running pack takes in waiting compatible jobs once it has run this long (each "
+        "join checkpoints its members and restarts the pack with the newcomers; they resume exactly).")
 
 
 class TenantsConfig(_Strict):
