@@ -70,62 +70,48 @@ def _worst(ours: dict, alone: dict) -> float:
     return max(((ours[n] - alone[n]).norm() / alone[n].norm().clamp_min(1e-12)).item() for n in ours)
 
 
-@pytest.mark.timeout(900)
-def test_a_pack_through_the_scheduler_member_cancelled_halfway_the_other_equals_alone(head):
+@pytest.mark.timeout(1200)
+def test_a_pack_through_the_scheduler_takes_in_a_waiting_job_loses_a_cancelled_one_and_equals_alone(head):
     data = head.tmp / "small.jsonl"
-    # alpha: a longer job of another rank and learning rate, cancelled halfway; beta and gamma:
-    # the same spec, beta co-trained,
-    # gamma alone (its tenant does not co-train)
-    alpha, beta, gamma = _after_blocker(head, [_spec("alpha", "a-long", data, steps=40, r=4, lr=5e-3),
-                                               _spec("beta", "b-same", data, steps=8),
-                                               _spec("gamma", "g-same", data, steps=8)])
-
-    wait_for(lambda: all(_jobs(head)[j]["state"] == "RUNNING" for j in (alpha, beta)), 120, "the pack to start")
+    # alpha: a long job of another rank and learning rate, cancelled halfway; beta, gamma and delta:
+    # the same spec — beta co-trained from the start, delta joining the running pack, gamma alone
+    # (its tenant does not co-train), the reference. ops' holder (never packed) fills the cluster
+    alpha, beta, holder = _after_blocker(head, [_spec("alpha", "a-long", data, steps=40, r=4, lr=5e-3),
+                                                _spec("beta", "b-same", data, steps=8),
+                                                _spec("ops", "holder", data, steps=2000)])
+    wait_for(lambda: all(_jobs(head)[j]["state"] == "RUNNING" for j in (alpha, beta, holder)), 120,
+             "the pack and the holder to start")
     jobs = _jobs(head)
-    assert jobs[alpha]["pack_members"] == 2 and jobs[beta]["pack_members"] == 2
+    assert jobs[alpha]["pack_members"] == 2 and jobs[beta]["pack_members"] == 2 and jobs[holder]["pack_members"] is None
     usage = {r["tenant"]: r["usage"] for r in head.lorafarm_json("tenants")}
     assert usage["beta"]["cpus"] == pytest.approx(0.5) and usage["alpha"]["cpus"] == pytest.approx(0.5)
-    wait_for(lambda: (_jobs(head)[alpha].get("progress") or {}).get("step", 0) >= 2, 240, "alpha's step 2")
-    head.lorafarm("cancel", alpha, check=True)  # halfway: alpha leaves, beta trains on in the pack
-    assert _jobs(head)[beta]["state"] == "RUNNING"
 
-    done = _ended(head, (alpha, beta, gamma))
-    assert done[alpha]["state"] == "CANCELLED"
-    assert done[beta]["state"] == "SUCCEEDED", done[beta]["reason"]
-    assert done[gamma]["state"] == "SUCCEEDED", done[gamma]["reason"]
-    assert done[gamma]["pack_members"] is None  # never packed: gamma has no co_training
-    assert done[beta]["metrics"].get("co_trained") == {"members": 2}
-    events = [json.loads(line) for line in head.lorafarm("events", beta, "--json", check=True).stdout.splitlines()]
-    started = [e["message"] for e in events if e["kind"] == "started"]
-    assert started and "co-trained: one of 2 jobs" in started[-1] and alpha not in " ".join(e["message"] for e in events)
-
-    worst = _worst(_adapter(done[beta]), _adapter(done[gamma]))
-    print(f"co-trained vs alone, worst relative difference: {worst:.2e}")
-    assert worst <= 1e-5
-
-
-@pytest.mark.timeout(900)
-def test_a_waiting_job_joins_a_running_pack_and_every_adapter_still_equals_alone(head):
-    data = head.tmp / "small.jsonl"
-    alpha, beta, gamma = _after_blocker(head, [_spec("alpha", "a-join", data, steps=40, r=4, lr=5e-3),
-                                               _spec("beta", "b-join", data, steps=8),
-                                               _spec("gamma", "g-join", data, steps=8)])
     wait_for(lambda: (_jobs(head)[beta].get("progress") or {}).get("step", 0) >= 2, 240, "the pack's step 2")
-    # the cluster is full (the pack and gamma): delta waits, then joins the running pack
+    # the cluster is full (the pack and the holder): delta waits, then joins the running pack
     (delta,) = _submit_all(head, [_spec("delta", "d-join", data, steps=8)])
     wait_for(lambda: _jobs(head)[delta]["state"] == "RUNNING", 240, "delta to join the pack")
+    head.lorafarm("cancel", holder, check=True)
+    (gamma,) = _submit_all(head, [_spec("gamma", "g-same", data, steps=8)])
     jobs = _jobs(head)
-    assert all(jobs[j]["pack_members"] == 3 for j in (alpha, beta, delta)), {j: jobs[j]["pack_members"]
-                                                                                for j in (alpha, beta, delta)}
+    assert all(jobs[j]["pack_members"] == 3 for j in (alpha, beta, delta)), [
+        (jobs[j]["pack_members"], [(e["kind"], e["message"]) for e in head.events(j)]) for j in (beta, delta, holder)]
     events = [json.loads(line) for line in head.lorafarm("events", beta, "--json", check=True).stdout.splitlines()]
     assert any("join its pack" in e["message"] for e in events)
     assert any("for its pack to take in new members" in e["message"] for e in events)
-    done = _ended(head, (beta, gamma, delta))
+    started = [e["message"] for e in events if e["kind"] == "started"]
+    assert len(started) == 2 and all("co-trained: one of" in m for m in started)
+    assert not any(j in e["message"] for e in events for j in (alpha, delta))  # never who
+
+    wait_for(lambda: (_jobs(head)[delta].get("progress") or {}).get("step", 0) >= 2, 240, "delta's step 2")
+    head.lorafarm("cancel", alpha, check=True)  # halfway: alpha leaves, the others train on in the pack
+
+    done = _ended(head, (alpha, beta, gamma, delta))
+    assert done[alpha]["state"] == "CANCELLED" and done[gamma]["pack_members"] is None
     assert all(done[j]["state"] == "SUCCEEDED" for j in (beta, gamma, delta)), {
         j: (done[j]["state"], done[j]["reason"]) for j in (beta, gamma, delta)}
-    head.lorafarm("cancel", alpha, check=True)
+    assert done[beta]["metrics"].get("co_trained") == {"members": 3}
     alone = _adapter(done[gamma])
-    worst = {"beta (regrouped)": _worst(_adapter(done[beta]), alone), "delta (joined)": _worst(_adapter(done[delta]),
-                                                                                            alone)}
-    print(f"joined a running pack vs alone, worst relative differences: {worst}")
+    worst = {"beta (packed, regrouped)": _worst(_adapter(done[beta]), alone),
+             "delta (joined)": _worst(_adapter(done[delta]), alone)}
+    print(f"co-trained vs alone, worst relative differences: {worst}")
     assert max(worst.values()) <= 1e-5

@@ -115,8 +115,8 @@ def _regroups(decision: Decision, taken: set[str], packable: Mapping[str, Iterab
                 or not all(tenants.co_training(m.tenant) for m in members):
             continue
         left = [m.started_at + m.estimated_duration - now for m in members if m.estimated_duration is not None]
-        if len(left) == len(members) and max(left) < after:
-            continue  # it ends soon: a restart would cost more than the newcomers wait
+        if len(left) == len(members) and 0 < max(left) < after:
+            continue  # it ends soon (by every estimate; one past its estimate says nothing): not worth a restart
         gang = (first.workers, first.cpus_per_worker / first.share, first.gpus_per_worker / first.share,
                 first.accelerator_type)
         joiners: list[JobRequest] = []
