@@ -283,6 +283,8 @@ def test_status_text_has_times_durations_progress_and_metrics():
     running = {**s, "state": "RUNNING", "ended_at": None}
     assert any(line.startswith("running for:") and "3 min 15 s" in line for line in status_lines(running, t0 + 200))
     assert duration(3 * 3600 + 60) == "3 h 1 min" and duration(2.5) == "2.5 s"
+    packed = "\n".join(status_lines({**s, "pack_members": 3, "metrics": {"co_trained": {"members": 3}}}, t0 + 200))
+    assert "co-trained: in a pack of 3 jobs" in packed and "co_trained members 3" in packed and "{" not in packed
 
 
 # -- a real Ray head: the scheduler killed while `submit --wait` follows, served again -------------

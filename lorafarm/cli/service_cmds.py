@@ -275,6 +275,8 @@ def status_lines(s: dict[str, Any], now: float) -> list[str]:
         rows.append(("queued for", duration(now - submitted)))
     if eta := eta_text(s, now):
         rows.append(("eta", eta))
+    if k := s.get("pack_members"):
+        rows.append(("co-trained", f"in a pack of {k} jobs on one shared base (charged 1/{k} of its workers)"))
     if s.get("attempts", 0) > 1:
         rows.append(("attempts", str(s["attempts"])))
     if p := progress_text(s.get("progress") or {}):
@@ -282,7 +284,9 @@ def status_lines(s: dict[str, Any], now: float) -> list[str]:
     if s.get("last_checkpoint_step"):
         rows.append(("checkpoint", f"step {s['last_checkpoint_step']}"))
     if m := s.get("metrics"):
-        rows.append(("metrics", ", ".join(f"{k} {_num(v)}" for k, v in m.items() if v is not None)))
+        rows.append(("metrics", ", ".join(
+            f"{k} " + (" ".join(f"{a} {_num(b)}" for a, b in v.items()) if isinstance(v, dict) else _num(v))
+            for k, v in m.items() if v is not None)))
     if s.get("adapter_uri"):
         rows.append(("adapter", s["adapter_uri"]))
     if s.get("reason"):
